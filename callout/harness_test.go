@@ -1,0 +1,312 @@
+package callout_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
+)
+
+const (
+	audience   = "nats"
+	adminUser  = "admin"
+	adminPass  = "admin-pass"
+	testIssuer = "https://kubernetes.test"
+)
+
+// keys are the nkeys a server-config-mode deployment needs.
+type keys struct {
+	service nkeys.KeyPair // the service's login (U...)
+	issuer  nkeys.KeyPair // auth_callout.issuer (A...)
+	xkey    nkeys.KeyPair // auth_callout.xkey (X...), optional
+}
+
+func newKeys(t *testing.T, encrypted bool) keys {
+	t.Helper()
+	var k keys
+	var err error
+	if k.service, err = nkeys.CreateUser(); err != nil {
+		t.Fatal(err)
+	}
+	if k.issuer, err = nkeys.CreateAccount(); err != nil {
+		t.Fatal(err)
+	}
+	if encrypted {
+		if k.xkey, err = nkeys.CreateCurveKeys(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return k
+}
+
+func pub(t *testing.T, kp nkeys.KeyPair) string {
+	t.Helper()
+	p, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func seed(t *testing.T, kp nkeys.KeyPair) []byte {
+	t.Helper()
+	s, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// serverConfig is the nats-server configuration a user writes for server-config mode, plus an
+// APP admin that bypasses the callout (as a NACK-style static user would).
+func serverConfig(t *testing.T, port int, k keys, extraAuthUsers ...string) string {
+	t.Helper()
+	xkey := ""
+	if k.xkey != nil {
+		xkey = fmt.Sprintf("xkey: %q", pub(t, k.xkey))
+	}
+	users := []string{fmt.Sprintf("{ nkey: %q }", pub(t, k.service))}
+	authUsers := []string{fmt.Sprintf("%q", pub(t, k.service)), fmt.Sprintf("%q", adminUser)}
+	for _, u := range extraAuthUsers {
+		users = append(users, fmt.Sprintf("{ nkey: %q }", u))
+		authUsers = append(authUsers, fmt.Sprintf("%q", u))
+	}
+	return fmt.Sprintf(`
+listen: "127.0.0.1:%d"
+accounts {
+  AUTH: { users: [ %s ] }
+  APP: { users: [ { user: %q, password: %q } ] }
+  SYS: {}
+}
+system_account: SYS
+authorization {
+  timeout: 2
+  auth_callout {
+    issuer: %q
+    auth_users: [ %s ]
+    account: AUTH
+    %s
+  }
+}
+`, port, strings.Join(users, ", "), adminUser, adminPass, pub(t, k.issuer), strings.Join(authUsers, ", "), xkey)
+}
+
+// startServer runs an embedded nats-server from a config file, as a user would write it.
+func startServer(t *testing.T, conf string) (*server.Server, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, conf)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	if opts.Port == 0 {
+		opts.Port = -1
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s, path
+}
+
+// env is one running deployment: nats-server, the callout service, a token issuer with its
+// JWKS, and a Kubernetes API (fake clientset feeding real informers).
+type env struct {
+	t       *testing.T
+	url     string
+	server  *server.Server
+	keys    keys
+	issuer  *kube.TokenIssuer
+	kube    *fake.Clientset
+	reg     *prometheus.Registry
+	logs    *syncBuffer
+	handler *callout.Handler
+	svc     *callout.Service
+	store   *kube.Store
+}
+
+type envOptions struct {
+	encrypted bool
+	maxTTL    time.Duration
+}
+
+func newEnv(t *testing.T, o envOptions) *env {
+	t.Helper()
+	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: fake.NewClientset(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e.server, _ = startServer(t, serverConfig(t, -1, e.keys))
+	e.url = e.server.ClientURL()
+
+	var err error
+	if e.issuer, err = kube.NewTokenIssuer(testIssuer); err != nil {
+		t.Fatal(err)
+	}
+	jwks := httptest.NewServer(e.issuer.JWKSHandler())
+	t.Cleanup(jwks.Close)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	verifier, err := kube.NewVerifier(ctx, kube.VerifierConfig{
+		JWKSURL: jwks.URL, Issuer: testIssuer, Audience: audience, Logger: log, Registerer: e.reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := kube.NewStore(e.kube, kube.StoreConfig{Logger: log, Registerer: e.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store = store
+	ring, err := callout.ParseSigningKeys(seed(t, e.keys.issuer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var xk *callout.XKey
+	if o.encrypted {
+		if xk, err = callout.ParseXKey(seed(t, e.keys.xkey)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	creds, err := callout.ParseCredentials(seed(t, e.keys.service))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := callout.NewMetrics(e.reg)
+	e.handler, err = callout.NewHandler(callout.HandlerConfig{
+		Verifier: verifier, Policies: store,
+		SigningKeys: func() *callout.KeyRing { return ring },
+		XKey:        func() *callout.XKey { return xk },
+		Account:     "APP", MaxTTL: o.maxTTL, Logger: log, Metrics: metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc, err = callout.NewService(callout.ServiceConfig{
+		URL: e.url, Credentials: func() *callout.Credentials { return creds },
+		Handler: e.handler, Logger: log, Metrics: metrics, ReconnectWait: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = store.Run(ctx) })
+	wg.Go(func() {
+		if err := e.svc.Run(ctx); err != nil {
+			t.Errorf("service: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	waitFor(t, "store synced, JWKS loaded, service subscribed", func() bool {
+		return store.HasSynced() && verifier.KeyCount() > 0 && e.svc.Ready() == nil
+	})
+	return e
+}
+
+// serviceAccount creates a ServiceAccount and returns a token for it.
+func (e *env) serviceAccount(ns, name string, annotations map[string]string) (string, *corev1.ServiceAccount) {
+	e.t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Namespace: ns, Name: name, UID: types.UID(fmt.Sprintf("uid-%s-%s-%d", ns, name, time.Now().UnixNano())),
+		Annotations: annotations,
+	}}
+	created, err := e.kube.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tok, err := e.issuer.ServiceAccountToken(ns, name, string(created.UID), []string{audience}, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	// The informer sees the object shortly after the API does.
+	waitFor(e.t, "ServiceAccount in cache", func() bool {
+		_, err := e.handlerPolicy(ns, name, string(created.UID))
+		return !errors.Is(err, kube.ErrServiceAccountNotFound)
+	})
+	return tok, created
+}
+
+func (e *env) handlerPolicy(ns, name, uid string) (kube.Policy, error) {
+	return e.store.Policy(kube.Identity{Namespace: ns, Name: name, UID: uid, Expiry: time.Now().Add(time.Hour)})
+}
+
+// connect dials as a workload with a token and reports asynchronous permission errors.
+func (e *env) connect(token string, opts ...nats.Option) (*nats.Conn, chan error, error) {
+	errs := make(chan error, 16)
+	opts = append([]nats.Option{
+		nats.Token(token),
+		nats.MaxReconnects(0),
+		nats.Timeout(5 * time.Second),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }),
+	}, opts...)
+	nc, err := nats.Connect(e.url, opts...)
+	return nc, errs, err
+}
+
+// admin connects as the APP admin, who bypasses the callout.
+func (e *env) admin() *nats.Conn {
+	e.t.Helper()
+	nc, err := nats.Connect(e.url, nats.UserInfo(adminUser, adminPass))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	return nc
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,204 @@
+package callout
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+)
+
+// KeyRing holds the account keys the service signs with, indexed by public key.
+//
+// Several keys may be held at once so that an issuer rotation needs no downtime: each callout
+// request names in its `sub` the issuer its server expects, and the response is signed with that key.
+// A KeyRing is immutable once built; reloading a file builds a new one.
+type KeyRing struct {
+	keys  map[string]nkeys.KeyPair
+	order []string
+}
+
+// ParseSigningKeys reads one or more account seeds (SA...) from data: bare seeds one per line,
+// decorated nkey blocks, or a mix. Anything that is not an account seed is an error, since the
+// auth callout issuer must be an account key; a file with no seed at all is an error too.
+func ParseSigningKeys(data []byte) (*KeyRing, error) {
+	seeds, err := findSeeds(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(seeds) == 0 {
+		return nil, errors.New("no nkey seed found (expected one or more account seeds starting with SA)")
+	}
+	kr := &KeyRing{keys: make(map[string]nkeys.KeyPair, len(seeds))}
+	for i, kp := range seeds {
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, fmt.Errorf("seed %d: %w", i+1, err)
+		}
+		if !nkeys.IsValidPublicAccountKey(pub) {
+			return nil, fmt.Errorf("seed %d is a %s seed (public key %s); the callout issuer must be an account seed (SA...)", i+1, keyKind(pub), pub)
+		}
+		if _, dup := kr.keys[pub]; dup {
+			continue
+		}
+		kr.keys[pub] = kp
+		kr.order = append(kr.order, pub)
+	}
+	return kr, nil
+}
+
+// Key returns the key pair whose public key is pub.
+func (k *KeyRing) Key(pub string) (nkeys.KeyPair, bool) {
+	if k == nil {
+		return nil, false
+	}
+	kp, ok := k.keys[pub]
+	return kp, ok
+}
+
+// PublicKeys lists the public keys held, in file order.
+func (k *KeyRing) PublicKeys() []string {
+	if k == nil {
+		return nil
+	}
+	return append([]string(nil), k.order...)
+}
+
+// LogValue shows public keys only.
+func (k *KeyRing) LogValue() slog.Value {
+	return slog.AnyValue(k.PublicKeys())
+}
+
+// XKey is the service's curve key pair for encrypted callouts.
+type XKey struct {
+	kp  nkeys.KeyPair
+	pub string
+}
+
+// ParseXKey reads a curve seed (SX...), bare or decorated.
+func ParseXKey(data []byte) (*XKey, error) {
+	seeds, err := findSeeds(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(seeds) != 1 {
+		return nil, fmt.Errorf("expected exactly one curve seed (SX...), found %d seeds", len(seeds))
+	}
+	pub, err := seeds[0].PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	if !nkeys.IsValidPublicCurveKey(pub) {
+		return nil, fmt.Errorf("seed is a %s seed (public key %s); an xkey must be a curve seed (SX...)", keyKind(pub), pub)
+	}
+	return &XKey{kp: seeds[0], pub: pub}, nil
+}
+
+// PublicKey returns the X... public key the server config names in auth_callout.xkey.
+func (x *XKey) PublicKey() string {
+	if x == nil {
+		return ""
+	}
+	return x.pub
+}
+
+// LogValue shows the public key only.
+func (x *XKey) LogValue() slog.Value { return slog.StringValue(x.PublicKey()) }
+
+// Credentials are the service's own login to nats-server: an nkey seed and, for operator mode,
+// the user JWT that goes with it.
+type Credentials struct {
+	kp  nkeys.KeyPair
+	pub string
+	jwt string
+}
+
+// ParseCredentials reads a .creds file (user JWT + seed) or a bare user seed (SU...).
+func ParseCredentials(data []byte) (*Credentials, error) {
+	seeds, err := findSeeds(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(seeds) != 1 {
+		return nil, fmt.Errorf("expected exactly one user seed (SU...), found %d seeds", len(seeds))
+	}
+	pub, err := seeds[0].PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	if !nkeys.IsValidPublicUserKey(pub) {
+		return nil, fmt.Errorf("seed is a %s seed (public key %s); the service logs in as a user (SU...)", keyKind(pub), pub)
+	}
+	c := &Credentials{kp: seeds[0], pub: pub}
+	if bytes.Contains(data, []byte("BEGIN NATS USER JWT")) {
+		tok, err := nkeys.ParseDecoratedJWT(data)
+		if err != nil {
+			return nil, fmt.Errorf("user JWT: %w", err)
+		}
+		uc, err := jwt.DecodeUserClaims(tok)
+		if err != nil {
+			return nil, fmt.Errorf("user JWT: %w", err)
+		}
+		if uc.Subject != pub {
+			return nil, fmt.Errorf("user JWT is for %s but the seed is for %s", uc.Subject, pub)
+		}
+		c.jwt = tok
+	}
+	return c, nil
+}
+
+// PublicKey is the user nkey (U...) the server knows the service by.
+func (c *Credentials) PublicKey() string { return c.pub }
+
+// JWT is the user JWT from a .creds file, or "" for a bare seed.
+func (c *Credentials) JWT() string { return c.jwt }
+
+// Sign signs a server nonce with the user seed.
+func (c *Credentials) Sign(nonce []byte) ([]byte, error) { return c.kp.Sign(nonce) }
+
+// LogValue shows the public key only.
+func (c *Credentials) LogValue() slog.Value { return slog.StringValue(c.pub) }
+
+// findSeeds returns every nkey seed in data, one per line, ignoring decoration and blank lines.
+func findSeeds(data []byte) ([]nkeys.KeyPair, error) {
+	var out []nkeys.KeyPair
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		// Seeds are the only lines starting with 'S' followed by a key-type letter; JWTs start
+		// with "eyJ" and decoration with dashes or prose.
+		if len(line) < 2 || line[0] != 'S' || !strings.ContainsRune("AUOXNC", rune(line[1])) || strings.ContainsAny(line, " \t") {
+			continue
+		}
+		kp, err := nkeys.FromSeed([]byte(line))
+		if err != nil {
+			// Never echo the line: it may be a (damaged) seed.
+			return nil, fmt.Errorf("line %d looks like a seed but does not parse: %w", n, err)
+		}
+		out = append(out, kp)
+	}
+	return out, sc.Err()
+}
+
+func keyKind(pub string) string {
+	switch {
+	case nkeys.IsValidPublicUserKey(pub):
+		return "user"
+	case nkeys.IsValidPublicAccountKey(pub):
+		return "account"
+	case nkeys.IsValidPublicOperatorKey(pub):
+		return "operator"
+	case nkeys.IsValidPublicServerKey(pub):
+		return "server"
+	case nkeys.IsValidPublicCurveKey(pub):
+		return "curve"
+	default:
+		return "unknown"
+	}
+}
