@@ -126,7 +126,7 @@ func TestPermissions(t *testing.T) {
 			subject string
 			allowed bool
 		}{
-			{"team-a.orders.created", true},   // default <ns>.>
+			{"team-a.orders.created", true},    // default <ns>.>
 			{"shared.events.order.paid", true}, // annotation
 			{"audit.team-a", true},             // annotation, literal
 			{"team-a.secret.key", false},       // denied annotation

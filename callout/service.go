@@ -73,8 +73,8 @@ type session struct {
 	retiring atomic.Bool
 	// subscribed is set once sub exists; connection callbacks may run before that.
 	subscribed atomic.Bool
-	ready    chan struct{} // closed once connected and subscribed
-	once     sync.Once
+	ready      chan struct{} // closed once connected and subscribed
+	once       sync.Once
 }
 
 // NewService validates cfg.
