@@ -9,25 +9,34 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -60,10 +69,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "serve":
 		err = runServe(ctx, args, stdout, stderr)
+	case "dev":
+		err = runDev(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 	default:
-		err = fmt.Errorf("unknown command %q (commands: serve, version)", cmd)
+		err = fmt.Errorf("unknown command %q (commands: serve, dev, version)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -366,6 +377,9 @@ type deps struct {
 	listener net.Listener
 	// started, if set, is called once every component is running.
 	started func()
+	// watch, if set, registers more files with serve's file watcher before anything starts
+	// (dev mode's ServiceAccount manifest), so that they reload as the credentials do.
+	watch func(*reload.Watcher) error
 }
 
 // serve wires the components and runs them until ctx is done.
@@ -404,6 +418,11 @@ func serve(ctx context.Context, c config, d deps) error {
 			return fmt.Errorf("NATS_CREDS_FILE: %w", err)
 		}
 		creds = f.Current
+	}
+	if d.watch != nil {
+		if err := d.watch(watcher); err != nil {
+			return err
+		}
 	}
 
 	defaults := kube.PolicyDefaults{Pub: splitList(c.DefaultPub), Sub: splitList(c.DefaultSub)}
@@ -539,4 +558,981 @@ func ready(w http.ResponseWriter, checks []check, h *callout.Handler) {
 func publicKey(kp nkeys.KeyPair) string {
 	pub, _ := kp.PublicKey()
 	return pub
+}
+
+// devConfig is every setting of the dev command. Dev mode reads no environment variables, so
+// that it behaves the same on every machine.
+type devConfig struct {
+	Manifest   string
+	Kubeconfig string
+	Namespaces string
+	Port       int
+	HTTPAddr   string
+	Dir        string
+	XKey       bool
+	Check      bool
+	TokenTTL   time.Duration
+	LogLevel   string
+	LogFormat  string
+}
+
+const (
+	defaultDevManifest = "examples/serviceaccounts.yaml"
+	// devTargetAccount is the account dev mode places workloads in.
+	devTargetAccount = "APP"
+	// devAudience is the audience dev tokens carry and the service expects, as in production.
+	devAudience = "nats"
+	// devReadyTimeout bounds the wait for /readyz; a real cluster's informer may take a while.
+	devReadyTimeout = time.Minute
+	// devStepTimeout bounds one --check step.
+	devStepTimeout = 3 * time.Second
+)
+
+func parseDevConfig(args []string, output io.Writer) (devConfig, error) {
+	var c devConfig
+	fs := flag.NewFlagSet("nats-k8s-oidc-callout dev", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprint(output, "Usage: nats-k8s-oidc-callout dev [flags]\n\n"+
+			"Runs the callout service against an embedded nats-server on 127.0.0.1, with a local token issuer\n"+
+			"and the ServiceAccounts of a manifest (or of a real cluster with --kubeconfig), and prints\n"+
+			"commands to try it. --check runs the same scenario as a self-test.\n\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.Manifest, "manifest", defaultDevManifest, "ServiceAccounts to serve (YAML); edits apply to the next connection")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "use the ServiceAccounts of this cluster instead of a manifest; tokens are still minted locally, with their real uids")
+	fs.StringVar(&c.Namespaces, "namespaces", "", "with --kubeconfig: comma-separated namespaces to serve (default: the kubeconfig context's)")
+	fs.IntVar(&c.Port, "port", 4222, "NATS port on 127.0.0.1; a busy port falls back to a free one; 0 picks a free one")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics; a busy port falls back to a free one")
+	fs.StringVar(&c.Dir, "dir", "", "directory for tokens, keys and the server config (default: a new temporary directory, removed on exit)")
+	fs.BoolVar(&c.XKey, "xkey", true, "encrypt callout requests and responses with an xkey, as production should")
+	fs.BoolVar(&c.Check, "check", false, "run the scenario as a self-test with nats.go clients, print PASS/FAIL per step and exit")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", time.Hour, "lifetime of the minted tokens; they are re-minted at 80% of it, as the kubelet does")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "json or text")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Check && !set["port"] {
+		c.Port = 0 // a self-test must not depend on, or clash with, a running dev instance
+	}
+	if c.Check && !set["http-addr"] {
+		c.HTTPAddr = "127.0.0.1:0"
+	}
+	switch {
+	case c.Kubeconfig != "" && set["manifest"]:
+		return c, errors.New("--manifest and --kubeconfig exclude each other: ServiceAccounts come from one or the other")
+	case c.Namespaces != "" && c.Kubeconfig == "":
+		return c, errors.New("--namespaces needs --kubeconfig; a manifest names its own namespaces")
+	case c.Port < 0 || c.Port > 65535:
+		return c, fmt.Errorf("--port: %d is not a port number", c.Port)
+	case c.TokenTTL < 10*time.Minute:
+		return c, fmt.Errorf("--token-ttl: %s is too short (minimum 10m; Kubernetes' own minimum)", c.TokenTTL)
+	case c.LogFormat != "json" && c.LogFormat != "text":
+		return c, fmt.Errorf("--log-format: %q must be json or text", c.LogFormat)
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return c, fmt.Errorf("--http-addr: %q is not host:port (e.g. 127.0.0.1:8080)", c.HTTPAddr)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return c, fmt.Errorf("--log-level: %q must be debug, info, warn or error", c.LogLevel)
+	}
+	return c, nil
+}
+
+// runDev runs the service as production does, with embedded stand-ins only where a cluster
+// would be: nats-server, the token issuer and its JWKS, and (without --kubeconfig) the API server.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	dc, err := parseDevConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	log := newLogger(stderr, dc.LogLevel, dc.LogFormat)
+	dir := dc.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "nats-callout-dev-"); err != nil {
+			return fmt.Errorf("dev: temporary directory: %w", err)
+		}
+		defer func() {
+			if rmErr := os.RemoveAll(dir); rmErr != nil && err == nil {
+				err = fmt.Errorf("dev: remove %s: %w", dir, rmErr)
+			}
+		}()
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--dir: %w", err)
+	}
+
+	keys, err := newDevKeys(dir, dc.XKey)
+	if err != nil {
+		return err
+	}
+	natsSrv, busy, err := startDevNATS(dir, dc.Port, keys)
+	if err != nil {
+		return err
+	}
+	defer natsSrv.WaitForShutdown()
+	defer natsSrv.Shutdown()
+	if busy {
+		fmt.Fprintf(stdout, "Port %d is busy: nats-server listens on %s instead.\n", dc.Port, natsSrv.ClientURL())
+	}
+
+	// The token issuer stands in for the API server: it signs the tokens and serves its JWKS
+	// (and OIDC discovery) on loopback, where the verifier fetches it as it would in a cluster.
+	jwksLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("dev: JWKS listener: %w", err)
+	}
+	defer jwksLn.Close() // a no-op once the server has closed it
+	issuerURL := "http://" + jwksLn.Addr().String()
+	issuer, err := kube.NewTokenIssuer(issuerURL)
+	if err != nil {
+		return err
+	}
+	jwksSrv := &http.Server{Handler: issuerHandler(issuer), ReadHeaderTimeout: 5 * time.Second}
+
+	httpLn, httpBusy, err := listenFallback(dc.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	defer httpLn.Close() // a no-op once serve has closed it
+	if httpBusy {
+		fmt.Fprintf(stdout, "Address %s is busy: HTTP listens on %s instead.\n", dc.HTTPAddr, httpLn.Addr())
+	}
+
+	serveArgs := []string{
+		"--nats-url", natsSrv.ClientURL(),
+		"--nats-creds-file", keys.serviceFile,
+		"--nats-signing-key-file", keys.issuerFile,
+		"--nats-account", devTargetAccount,
+		"--k8s-in-cluster=false",
+		"--jwks-url", issuerURL + "/openid/v1/jwks",
+		"--jwt-issuer", issuerURL,
+		"--jwt-audience", devAudience,
+		"--log-level", dc.LogLevel,
+		"--log-format", dc.LogFormat,
+		"--http-addr", httpLn.Addr().String(),
+	}
+	if dc.XKey {
+		serveArgs = append(serveArgs, "--nats-xkey-file", keys.xkeyFile)
+	}
+	var client kubernetes.Interface
+	if dc.Kubeconfig != "" {
+		rc, namespaces, err := devCluster(dc)
+		if err != nil {
+			return err
+		}
+		if client, err = kubernetes.NewForConfig(rc); err != nil {
+			return fmt.Errorf("--kubeconfig: kubernetes client: %w", err)
+		}
+		dc.Namespaces = strings.Join(namespaces, ",")
+		serveArgs = append(serveArgs, "--watch-namespaces", dc.Namespaces)
+	} else {
+		client = fake.NewClientset()
+	}
+	c, err := parseConfig(serveArgs, func(string) (string, bool) { return "", false }, stderr)
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	defaults := kube.PolicyDefaults{Pub: splitList(c.DefaultPub), Sub: splitList(c.DefaultSub)}
+	tokens := &devTokens{issuer: issuer, dir: filepath.Join(dir, "tokens"), audience: devAudience, ttl: dc.TokenTTL, log: log}
+
+	d := deps{
+		client: client, jwksURL: c.JWKSURL, httpClient: &http.Client{Timeout: 10 * time.Second},
+		log: log, reg: prometheus.NewRegistry(), listener: httpLn,
+	}
+	var list func(context.Context) ([]corev1.ServiceAccount, error)
+	if dc.Kubeconfig != "" {
+		list = func(ctx context.Context) ([]corev1.ServiceAccount, error) {
+			return listServiceAccounts(ctx, client, splitList(dc.Namespaces))
+		}
+		sas, err := list(ctx)
+		if err == nil {
+			err = tokens.set(sas)
+		}
+		if err != nil {
+			return fmt.Errorf("--kubeconfig: %w", err)
+		}
+	} else {
+		d.watch = func(w *reload.Watcher) error {
+			apply := func(sas []corev1.ServiceAccount) error {
+				res, err := kube.SyncServiceAccounts(ctx, client, sas)
+				if err != nil {
+					return err
+				}
+				log.Info("manifest applied", "path", dc.Manifest, "serviceaccounts", len(res.ServiceAccounts),
+					"created", res.Created, "updated", res.Updated, "deleted", res.Deleted)
+				logPolicies(log, defaults, res.ServiceAccounts)
+				return tokens.set(res.ServiceAccounts)
+			}
+			f, err := reload.Add(w, "manifest", dc.Manifest, kube.ParseServiceAccounts, func(sas []corev1.ServiceAccount) {
+				if err := apply(sas); err != nil {
+					log.Error("manifest not applied", "path", dc.Manifest, "error", err)
+				}
+			})
+			if errors.Is(err, fs.ErrNotExist) && dc.Manifest == defaultDevManifest {
+				return fmt.Errorf("--manifest: %s not found: run from the repository root or pass --manifest FILE: %w", dc.Manifest, err)
+			}
+			if err != nil {
+				return fmt.Errorf("--manifest: %w", err)
+			}
+			if err := apply(f.Current()); err != nil {
+				return fmt.Errorf("--manifest: %w", err)
+			}
+			return nil
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(gctx, c, d) })
+	g.Go(func() error {
+		if err := jwksSrv.Serve(jwksLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("dev: JWKS server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, stop := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer stop()
+		return jwksSrv.Shutdown(sctx)
+	})
+	g.Go(func() error { return tokens.run(gctx, list) })
+	g.Go(func() error {
+		if err := waitReady(gctx, "http://"+httpLn.Addr().String()+"/readyz"); err != nil {
+			return err
+		}
+		if gctx.Err() != nil {
+			if dc.Check && ctx.Err() != nil {
+				return errors.New("dev --check: interrupted")
+			}
+			return nil // another component failed and says why, or dev is stopping
+		}
+		sc := devScenario{
+			url: natsSrv.ClientURL(), http: "http://" + httpLn.Addr().String(), dir: dir,
+			conf: filepath.Join(dir, "nats.conf"), manifest: dc.Manifest, kubeconfig: dc.Kubeconfig,
+			namespaces: dc.Namespaces, encrypted: dc.XKey, tokens: tokens,
+		}
+		sc.accounts = devAccounts(tokens.current(), defaults)
+		sc.plan, sc.planErr = planDemo(sc.accounts)
+		if !dc.Check {
+			sc.print(stdout)
+			return nil
+		}
+		failed := sc.check(gctx, stdout, issuerURL)
+		cancel()
+		if failed > 0 {
+			return fmt.Errorf("dev --check: %d step(s) failed", failed)
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// devKeys are the files holding the keys dev mode generates; their seeds are never printed.
+type devKeys struct {
+	serviceFile, issuerFile, xkeyFile string
+	config                            callout.ServerConfig
+}
+
+// newDevKeys generates the service user, the issuer account and (if xkey) the curve key, and
+// writes their seeds to dir with mode 0600, where serve reads them as it reads mounted Secrets.
+func newDevKeys(dir string, xkey bool) (devKeys, error) {
+	var k devKeys
+	type gen struct {
+		create func() (nkeys.KeyPair, error)
+		file   *string
+		public *string
+		name   string
+	}
+	gens := []gen{
+		{nkeys.CreateUser, &k.serviceFile, &k.config.ServiceUser, "service.nk"},
+		{nkeys.CreateAccount, &k.issuerFile, &k.config.Issuer, "issuer.nk"},
+	}
+	if xkey {
+		gens = append(gens, gen{nkeys.CreateCurveKeys, &k.xkeyFile, &k.config.XKey, "xkey.nk"})
+	}
+	for _, g := range gens {
+		kp, err := g.create()
+		if err != nil {
+			return k, fmt.Errorf("dev: generate %s: %w", g.name, err)
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			return k, fmt.Errorf("dev: %s: %w", g.name, err)
+		}
+		*g.public = publicKey(kp)
+		*g.file = filepath.Join(dir, g.name)
+		if err := writeFileAtomic(*g.file, append(seed, '\n'), 0o600); err != nil {
+			return k, fmt.Errorf("dev: %w", err)
+		}
+	}
+	return k, nil
+}
+
+// startDevNATS writes dir/nats.conf (the callout config a user would write, on 127.0.0.1:port)
+// and starts an embedded nats-server from it. A busy port is replaced by a free one (busy=true).
+func startDevNATS(dir string, port int, keys devKeys) (*server.Server, bool, error) {
+	port, busy, err := pickPort(port)
+	if err != nil {
+		return nil, false, err
+	}
+	block, err := keys.config.NATSConfig()
+	if err != nil {
+		return nil, false, fmt.Errorf("dev: server config: %w", err)
+	}
+	conf := fmt.Sprintf("# nats-server config of `nats-k8s-oidc-callout dev`: every client login goes to the callout.\nlisten: \"127.0.0.1:%d\"\n%s", port, block)
+	path := filepath.Join(dir, "nats.conf")
+	if err := writeFileAtomic(path, []byte(conf), 0o600); err != nil {
+		return nil, false, fmt.Errorf("dev: %w", err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, false, fmt.Errorf("dev: server config %s: %w", path, err)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, false, fmt.Errorf("dev: nats-server: %w", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, false, fmt.Errorf("dev: nats-server did not start listening on 127.0.0.1:%d", port)
+	}
+	return s, busy, nil
+}
+
+// pickPort returns port if 127.0.0.1:port is free, else (or when port is 0) a free port.
+func pickPort(port int) (int, bool, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	busy := err != nil
+	if busy {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return 0, false, fmt.Errorf("dev: no free port on 127.0.0.1: %w", err)
+		}
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, busy && port != 0, nil
+}
+
+// listenFallback listens on addr, or on a free port of the same host when addr is busy.
+func listenFallback(addr string) (net.Listener, bool, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, false, nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	ln, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err2 != nil {
+		return nil, false, fmt.Errorf("%w (and no free port on %s: %w)", err, host, err2)
+	}
+	return ln, true, nil
+}
+
+// issuerHandler serves the token issuer's JWKS where the API server serves it, and an OIDC
+// discovery document pointing at it.
+func issuerHandler(t *kube.TokenIssuer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/openid/v1/jwks", t.JWKSHandler())
+	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"issuer":%q,"jwks_uri":%q,"response_types_supported":["id_token"],"subject_types_supported":["public"],"id_token_signing_alg_values_supported":["RS256"]}`,
+			t.Issuer(), t.Issuer()+"/openid/v1/jwks")
+	})
+	return mux
+}
+
+// devCluster returns the client config of --kubeconfig and the namespaces to serve.
+func devCluster(dc devConfig) (*rest.Config, []string, error) {
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: dc.Kubeconfig}
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	rc, err := cc.ClientConfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	namespaces := splitList(dc.Namespaces)
+	if len(namespaces) == 0 {
+		ns, _, err := cc.Namespace()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kubeconfig: namespace: %w", err)
+		}
+		namespaces = []string{ns}
+	}
+	return rc, namespaces, nil
+}
+
+// listServiceAccounts lists the ServiceAccounts of the namespaces, in namespace order.
+func listServiceAccounts(ctx context.Context, client kubernetes.Interface, namespaces []string) ([]corev1.ServiceAccount, error) {
+	var out []corev1.ServiceAccount
+	for _, ns := range namespaces {
+		l, err := client.CoreV1().ServiceAccounts(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("list serviceaccounts in %s: %w", ns, err)
+		}
+		out = append(out, l.Items...)
+	}
+	return out, nil
+}
+
+// logPolicies reports, for each ServiceAccount, what its annotations grant, and warns about
+// entries that were dropped or that make it refused: dev mode is where annotations get written.
+func logPolicies(log *slog.Logger, defaults kube.PolicyDefaults, sas []corev1.ServiceAccount) {
+	for _, sa := range sas {
+		p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
+		if err != nil {
+			log.Warn("serviceaccount will be refused", "namespace", sa.Namespace, "serviceaccount", sa.Name, "error", err)
+			continue
+		}
+		for _, w := range p.Warnings {
+			log.Warn("serviceaccount annotation", "namespace", sa.Namespace, "serviceaccount", sa.Name, "warning", w)
+		}
+		log.Debug("serviceaccount permissions", "namespace", sa.Namespace, "serviceaccount", sa.Name,
+			"pub_allow", p.Permissions.PubAllow, "pub_deny", p.Permissions.PubDeny,
+			"sub_allow", p.Permissions.SubAllow, "sub_deny", p.Permissions.SubDeny, "responses", p.Permissions.AllowResponses)
+	}
+}
+
+// waitReady polls the service's /readyz until it answers 200.
+func waitReady(ctx context.Context, url string) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(devReadyTimeout)
+	last := "no answer"
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		if resp, err := client.Do(req); err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = strings.TrimSpace(string(body))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dev: the service did not become ready within %s:\n%s", devReadyTimeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return nil // the caller tells stopping from failing
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// devTokens mints a token for each ServiceAccount into dir/<namespace>/<name>.token, as the
+// kubelet writes projected tokens, and re-mints them at 80% of their lifetime.
+type devTokens struct {
+	issuer   *kube.TokenIssuer
+	dir      string
+	audience string
+	ttl      time.Duration
+	log      *slog.Logger
+
+	mu       sync.Mutex
+	accounts []corev1.ServiceAccount
+}
+
+// path is where the token of namespace/name is written.
+func (t *devTokens) path(namespace, name string) string {
+	return filepath.Join(t.dir, namespace, name+".token")
+}
+
+// set mints tokens for sas and remembers them for refreshes. The files of ServiceAccounts that
+// are gone stay: their tokens are now refused, which is worth trying.
+func (t *devTokens) set(sas []corev1.ServiceAccount) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, sa := range sas {
+		tok, err := t.issuer.ServiceAccountToken(sa.Namespace, sa.Name, string(sa.UID), []string{t.audience}, t.ttl)
+		if err != nil {
+			return fmt.Errorf("token for %s/%s: %w", sa.Namespace, sa.Name, err)
+		}
+		p := t.path(sa.Namespace, sa.Name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(p, []byte(tok), 0o600); err != nil {
+			return err
+		}
+	}
+	t.accounts = slices.Clone(sas)
+	return nil
+}
+
+// current returns the ServiceAccounts tokens were last minted for.
+func (t *devTokens) current() []corev1.ServiceAccount {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.accounts)
+}
+
+// run re-mints the tokens until ctx is done; list, if set, re-reads the ServiceAccounts first.
+func (t *devTokens) run(ctx context.Context, list func(context.Context) ([]corev1.ServiceAccount, error)) error {
+	tick := time.NewTicker(t.ttl * 8 / 10)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		sas := t.current()
+		if list != nil {
+			l, err := list(ctx)
+			if err != nil {
+				t.log.Error("tokens not refreshed", "error", err)
+				continue
+			}
+			sas = l
+		}
+		if err := t.set(sas); err != nil {
+			t.log.Error("tokens not refreshed", "error", err)
+			continue
+		}
+		t.log.Info("tokens refreshed", "dir", t.dir, "serviceaccounts", len(sas))
+	}
+}
+
+// writeFileAtomic replaces path with data so that readers see the old or the new content.
+func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// devAccount is a ServiceAccount with the permissions it gets.
+type devAccount struct {
+	Namespace, Name string
+	Perms           kube.Permissions
+}
+
+func (a devAccount) String() string { return a.Namespace + "/" + a.Name }
+
+// devAccounts parses the policy of each ServiceAccount; refused ones are left out.
+func devAccounts(sas []corev1.ServiceAccount, defaults kube.PolicyDefaults) []devAccount {
+	var out []devAccount
+	for _, sa := range sas {
+		p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
+		if err != nil {
+			continue
+		}
+		out = append(out, devAccount{Namespace: sa.Namespace, Name: sa.Name, Perms: p.Permissions})
+	}
+	return out
+}
+
+// demo is the scenario dev mode prints and --check runs, chosen from the ServiceAccounts.
+type demo struct {
+	// Publisher may publish Subject; Responder may subscribe to it and answer requests.
+	Publisher, Responder devAccount
+	Subject              string
+	// Refused is a subject Publisher may not publish to; "" if it may publish everywhere.
+	Refused string
+	// InboxRefused says Publisher may not subscribe to the shared _INBOX.> replies.
+	InboxRefused bool
+}
+
+// planDemo picks the scenario: the first ServiceAccount that may publish a subject another
+// ServiceAccount answers on (one in another namespace preferred, then another one in the same
+// namespace, then itself), and a subject it may not publish, taken from what the others may use.
+func planDemo(accounts []devAccount) (demo, error) {
+	for _, a := range accounts {
+		best, bestScore := demo{}, 0
+		for _, pat := range a.Perms.PubAllow {
+			s := concreteSubject(pat)
+			if strings.HasPrefix(s, "_INBOX") || !a.Perms.AllowsPublish(s) {
+				continue
+			}
+			for _, b := range accounts {
+				if !b.Perms.AllowResponses || !b.Perms.AllowsSubscribe(s) {
+					continue
+				}
+				score := 1
+				switch {
+				case b.Namespace != a.Namespace:
+					score = 3
+				case b.Name != a.Name:
+					score = 2
+				}
+				if score > bestScore {
+					best, bestScore = demo{Publisher: a, Responder: b, Subject: s}, score
+				}
+			}
+		}
+		if bestScore == 0 {
+			continue
+		}
+		var candidates []string
+		for _, o := range accounts {
+			if o.String() != a.String() {
+				candidates = append(candidates, o.Perms.PubAllow...)
+				candidates = append(candidates, o.Perms.SubAllow...)
+			}
+		}
+		candidates = append(candidates, a.Perms.PubDeny...)
+		candidates = append(candidates, "demo.refused")
+		for _, pat := range candidates {
+			if s := concreteSubject(pat); !strings.HasPrefix(s, "_INBOX") && !a.Perms.AllowsPublish(s) {
+				best.Refused = s
+				break
+			}
+		}
+		best.InboxRefused = !a.Perms.AllowsSubscribe("_INBOX.demo.demo")
+		return best, nil
+	}
+	return demo{}, errors.New("no ServiceAccount may publish to a subject that a ServiceAccount allowed to respond may subscribe to")
+}
+
+// concreteSubject turns a permission subject into one a client can publish to.
+func concreteSubject(pattern string) string {
+	tokens := strings.Split(pattern, ".")
+	for i, t := range tokens {
+		if t == "*" || t == ">" {
+			tokens[i] = "demo"
+		}
+	}
+	return strings.Join(tokens, ".")
+}
+
+// devScenario is what dev mode prints and checks.
+type devScenario struct {
+	url, http, dir, conf, manifest, kubeconfig, namespaces string
+	encrypted                                              bool
+	tokens                                                 *devTokens
+	accounts                                               []devAccount
+	plan                                                   demo
+	planErr                                                error
+}
+
+func (sc devScenario) tokenFile(a devAccount) string { return sc.tokens.path(a.Namespace, a.Name) }
+
+// print writes the ready-to-paste instructions.
+func (sc devScenario) print(w io.Writer) {
+	enc := "plain callouts (--xkey=false)"
+	if sc.encrypted {
+		enc = "encrypted callouts (xkey)"
+	}
+	fmt.Fprintf(w, "\nnats-k8s-oidc-callout dev: nats-server with auth callout, answered by this service.\n\n")
+	fmt.Fprintf(w, "  NATS URL       %s\n", sc.url)
+	fmt.Fprintf(w, "  HTTP           %s/readyz  %[1]s/metrics\n", sc.http)
+	fmt.Fprintf(w, "  server config  %s  (%s)\n", sc.conf, enc)
+	if sc.kubeconfig != "" {
+		fmt.Fprintf(w, "  cluster        %s, namespaces %s: ServiceAccounts come from the cluster,\n"+
+			"                 tokens from the local issuer (with the real uids); annotate with kubectl\n", sc.kubeconfig, sc.namespaces)
+	} else {
+		fmt.Fprintf(w, "  manifest       %s  (edit it: the next connection gets the new permissions)\n", sc.manifest)
+	}
+	fmt.Fprintf(w, "\nServiceAccount tokens (audience %q, re-minted before they expire):\n", devAudience)
+	for _, sa := range sc.tokens.current() {
+		fmt.Fprintf(w, "  %-28s %s\n", sa.Namespace+"/"+sa.Name, sc.tokens.path(sa.Namespace, sa.Name))
+	}
+	if sc.planErr != nil {
+		fmt.Fprintf(w, "\nNo demo commands: %v.\nConnect with any token above: nats -s %s --token \"$(cat FILE)\" pub SUBJECT hello\n", sc.planErr, sc.url)
+		return
+	}
+	p := sc.plan
+	pubTok := fmt.Sprintf(`--token "$(cat %s)"`, shellQuote(sc.tokenFile(p.Publisher)))
+	respTok := fmt.Sprintf(`--token "$(cat %s)"`, shellQuote(sc.tokenFile(p.Responder)))
+	inbox := kube.InboxPrefix(p.Publisher.Namespace, p.Publisher.Name)
+	fmt.Fprintf(w, "\nTry it with the NATS CLI (go install github.com/nats-io/natscli/nats@v0.5.0):\n\n")
+	fmt.Fprintf(w, "  # allowed: %s may publish %s\n", p.Publisher, p.Subject)
+	fmt.Fprintf(w, "  nats -s %s %s pub %s hello\n\n", sc.url, pubTok, p.Subject)
+	if p.Refused != "" {
+		fmt.Fprintf(w, "  # refused: %s may not publish %s (nats: Permissions Violation)\n", p.Publisher, p.Refused)
+		fmt.Fprintf(w, "  nats -s %s %s pub %s hello\n\n", sc.url, pubTok, p.Refused)
+	}
+	fmt.Fprintf(w, "  # refused: not a token of the cluster's issuer (nats: Authorization Violation)\n")
+	fmt.Fprintf(w, "  nats -s %s --token not-a-serviceaccount-token pub %s hello\n\n", sc.url, p.Subject)
+	fmt.Fprintf(w, "  # request/reply: %s answers (leave it running) ...\n", p.Responder)
+	fmt.Fprintf(w, "  nats -s %s %s reply %s 'answered by %s'\n", sc.url, respTok, p.Subject, p.Responder)
+	fmt.Fprintf(w, "  # ... and %s asks from another terminal, with its private inbox prefix\n", p.Publisher)
+	fmt.Fprintf(w, "  nats -s %s %s --inbox-prefix %s req %s hello\n", sc.url, pubTok, inbox, p.Subject)
+	if p.InboxRefused {
+		fmt.Fprintf(w, "  # without --inbox-prefix the reply subscription on _INBOX.> is refused: replies are private\n")
+	}
+	fmt.Fprintf(w, "\nOr once per shell: export NATS_URL=%s NATS_TOKEN=\"$(cat %s)\"; then: nats pub %s hello\n",
+		sc.url, shellQuote(sc.tokenFile(p.Publisher)), p.Subject)
+	fmt.Fprintf(w, "\nFrom Go (nats.go):\n\n")
+	fmt.Fprintf(w, "  nc, err := nats.Connect(%q,\n", sc.url)
+	fmt.Fprintf(w, "      // read the token at every (re)connect: it is re-minted before it expires\n")
+	fmt.Fprintf(w, "      nats.TokenHandler(func() string {\n")
+	fmt.Fprintf(w, "          b, _ := os.ReadFile(%q)\n", sc.tokenFile(p.Publisher))
+	fmt.Fprintf(w, "          return strings.TrimSpace(string(b))\n")
+	fmt.Fprintf(w, "      }),\n")
+	fmt.Fprintf(w, "      nats.CustomInboxPrefix(%q), // the only inbox it may subscribe to\n", inbox)
+	fmt.Fprintf(w, "  )\n")
+	fmt.Fprintf(w, "\nDecisions are logged to stderr. Ctrl-C stops.\n\n")
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:,@%=", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// check runs the scenario with nats.go clients against the embedded server and writes one
+// PASS, FAIL or SKIP line per step. It returns the number of failed steps.
+func (sc devScenario) check(ctx context.Context, w io.Writer, issuerURL string) int {
+	type step struct {
+		name string
+		// skip, if set, says why the ServiceAccounts give this step nothing to test.
+		skip string
+		run  func(ctx context.Context) (string, error)
+	}
+	var steps []step
+	if sc.planErr != nil {
+		steps = append(steps, step{"scenario", "", func(context.Context) (string, error) { return "", sc.planErr }})
+	} else {
+		p := sc.plan
+		steps = append(steps,
+			step{"allowed publish delivered", "", sc.checkDelivered},
+			step{"refused publish", skipIf(p.Refused == "", p.Publisher.String()+" may publish everywhere"), sc.checkRefusedPublish},
+			step{"refused token: garbage", "", func(context.Context) (string, error) {
+				return sc.checkRefusedToken("not-a-serviceaccount-token")
+			}},
+			step{"refused token: signed by another key", "", func(context.Context) (string, error) {
+				other, err := kube.NewECDSATokenIssuer(issuerURL)
+				if err != nil {
+					return "", err
+				}
+				tok, err := other.ServiceAccountToken(p.Publisher.Namespace, p.Publisher.Name, sc.uid(p.Publisher), []string{devAudience}, time.Hour)
+				if err != nil {
+					return "", err
+				}
+				return sc.checkRefusedToken(tok)
+			}},
+			step{"refused token: unknown serviceaccount", "", func(context.Context) (string, error) {
+				tok, err := sc.tokens.issuer.ServiceAccountToken("dev-check", "nobody", "00000000-0000-0000-0000-000000000000", []string{devAudience}, time.Hour)
+				if err != nil {
+					return "", err
+				}
+				return sc.checkRefusedToken(tok)
+			}},
+			step{"request/reply via private inbox", "", sc.checkRequest},
+			step{"shared _INBOX refused", skipIf(!p.InboxRefused, p.Publisher.String()+" may subscribe to _INBOX.>"), sc.checkSharedInbox},
+		)
+	}
+	failed := 0
+	for _, s := range steps {
+		if s.skip != "" {
+			fmt.Fprintf(w, "SKIP %s: %s\n", s.name, s.skip)
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, devStepTimeout)
+		detail, err := s.run(sctx)
+		cancel()
+		switch {
+		case err != nil:
+			failed++
+			fmt.Fprintf(w, "FAIL %s: %v\n", s.name, err)
+		default:
+			fmt.Fprintf(w, "PASS %s: %s\n", s.name, detail)
+		}
+	}
+	return failed
+}
+
+// skipIf returns why when cond holds, else "".
+func skipIf(cond bool, why string) string {
+	if cond {
+		return why
+	}
+	return ""
+}
+
+func (sc devScenario) uid(a devAccount) string {
+	for _, sa := range sc.tokens.current() {
+		if sa.Namespace == a.Namespace && sa.Name == a.Name {
+			return string(sa.UID)
+		}
+	}
+	return ""
+}
+
+// connect dials as a workload whose token is read from its file at every connect, as the
+// printed nats.go snippet does; asynchronous errors (permission violations) go to the channel.
+func (sc devScenario) connect(a devAccount, customInbox bool) (*nats.Conn, <-chan error, error) {
+	file := sc.tokenFile(a)
+	errs := make(chan error, 8)
+	opts := []nats.Option{
+		nats.Name("dev --check as " + a.String()),
+		nats.TokenHandler(func() string {
+			b, _ := os.ReadFile(file)
+			return strings.TrimSpace(string(b))
+		}),
+		nats.NoReconnect(),
+		nats.Timeout(devStepTimeout),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}),
+	}
+	if customInbox {
+		opts = append(opts, nats.CustomInboxPrefix(kube.InboxPrefix(a.Namespace, a.Name)))
+	}
+	nc, err := nats.Connect(sc.url, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect as %s: %w", a, err)
+	}
+	return nc, errs, nil
+}
+
+func (sc devScenario) checkDelivered(ctx context.Context) (string, error) {
+	p := sc.plan
+	sub, subErrs, err := sc.connect(p.Responder, true)
+	if err != nil {
+		return "", err
+	}
+	defer sub.Close()
+	msgs, err := sub.SubscribeSync(p.Subject)
+	if err != nil {
+		return "", err
+	}
+	if err := sub.FlushWithContext(ctx); err != nil {
+		return "", err
+	}
+	pub, pubErrs, err := sc.connect(p.Publisher, true)
+	if err != nil {
+		return "", err
+	}
+	defer pub.Close()
+	if err := pub.Publish(p.Subject, []byte("hello from dev --check")); err != nil {
+		return "", err
+	}
+	if err := pub.FlushWithContext(ctx); err != nil {
+		return "", err
+	}
+	if _, err := msgs.NextMsgWithContext(ctx); err != nil {
+		select {
+		case e := <-pubErrs:
+			err = e
+		case e := <-subErrs:
+			err = e
+		default:
+		}
+		return "", fmt.Errorf("%s published %s, %s received nothing: %w", p.Publisher, p.Subject, p.Responder, err)
+	}
+	return fmt.Sprintf("%s published %s, %s received it", p.Publisher, p.Subject, p.Responder), nil
+}
+
+func (sc devScenario) checkRefusedPublish(ctx context.Context) (string, error) {
+	p := sc.plan
+	nc, errs, err := sc.connect(p.Publisher, true)
+	if err != nil {
+		return "", err
+	}
+	defer nc.Close()
+	if err := nc.Publish(p.Refused, []byte("must not arrive")); err != nil {
+		return "", err
+	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return "", err
+	}
+	return waitViolation(ctx, errs, fmt.Sprintf("Publish to %q", p.Refused))
+}
+
+func (sc devScenario) checkRefusedToken(token string) (string, error) {
+	nc, err := nats.Connect(sc.url, nats.Token(token), nats.NoReconnect(), nats.Timeout(devStepTimeout))
+	if err == nil {
+		nc.Close()
+		return "", errors.New("the connection was accepted")
+	}
+	if !errors.Is(err, nats.ErrAuthorization) {
+		return "", fmt.Errorf("want an authorization violation, got: %w", err)
+	}
+	return err.Error(), nil
+}
+
+func (sc devScenario) checkRequest(ctx context.Context) (string, error) {
+	p := sc.plan
+	resp, _, err := sc.connect(p.Responder, true)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Close()
+	answer := "answered by " + p.Responder.String()
+	if _, err := resp.Subscribe(p.Subject, func(m *nats.Msg) { _ = m.Respond([]byte(answer)) }); err != nil {
+		return "", err
+	}
+	if err := resp.FlushWithContext(ctx); err != nil {
+		return "", err
+	}
+	req, errs, err := sc.connect(p.Publisher, true)
+	if err != nil {
+		return "", err
+	}
+	defer req.Close()
+	msg, err := req.RequestWithContext(ctx, p.Subject, []byte("hello"))
+	if err != nil {
+		select {
+		case e := <-errs:
+			err = fmt.Errorf("%w (%w)", err, e)
+		default:
+		}
+		return "", fmt.Errorf("%s asked on %s with inbox %s: %w", p.Publisher, p.Subject, kube.InboxPrefix(p.Publisher.Namespace, p.Publisher.Name), err)
+	}
+	if string(msg.Data) != answer {
+		return "", fmt.Errorf("reply %q, want %q", msg.Data, answer)
+	}
+	return fmt.Sprintf("%s asked on %s, %s answered to %s.*", p.Publisher, p.Subject, p.Responder, kube.InboxPrefix(p.Publisher.Namespace, p.Publisher.Name)), nil
+}
+
+func (sc devScenario) checkSharedInbox(ctx context.Context) (string, error) {
+	p := sc.plan
+	nc, errs, err := sc.connect(p.Publisher, false)
+	if err != nil {
+		return "", err
+	}
+	defer nc.Close()
+	// The request itself cannot succeed; the check is that subscribing to the shared inbox
+	// is refused, which arrives asynchronously.
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = nc.RequestWithContext(rctx, p.Subject, []byte("hello")) })
+	detail, err := waitViolation(ctx, errs, `Subscription to "_INBOX.`)
+	cancel()
+	wg.Wait()
+	return detail, err
+}
+
+// waitViolation waits for a permissions violation whose text contains what.
+func waitViolation(ctx context.Context, errs <-chan error, what string) (string, error) {
+	select {
+	case err := <-errs:
+		if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), what) {
+			return err.Error(), nil
+		}
+		return "", fmt.Errorf("want a permissions violation for %s, got: %w", what, err)
+	case <-ctx.Done():
+		return "", fmt.Errorf("no permissions violation for %s within %s", what, devStepTimeout)
+	}
 }

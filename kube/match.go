@@ -1,0 +1,49 @@
+package kube
+
+import "strings"
+
+// AllowsPublish reports whether p lets a client publish to subject, deciding as nats-server
+// does for a literal subject: some publish allow entry matches it and no deny entry does.
+// Replies allowed by AllowResponses are not considered. A subject with wildcards, which cannot
+// be published to, is never allowed.
+func (p Permissions) AllowsPublish(subject string) bool {
+	return allows(p.PubAllow, p.PubDeny, subject)
+}
+
+// AllowsSubscribe reports whether p lets a client subscribe to the literal subject (a
+// subscription without wildcards): some subscribe allow entry matches it and no deny entry does.
+func (p Permissions) AllowsSubscribe(subject string) bool {
+	return allows(p.SubAllow, p.SubDeny, subject)
+}
+
+func allows(allow, deny []string, subject string) bool {
+	if validSubject(subject) != nil || strings.ContainsAny(subject, "*>") {
+		return false
+	}
+	matchesAny := func(patterns []string) bool {
+		for _, pat := range patterns {
+			if subjectMatches(pat, subject) {
+				return true
+			}
+		}
+		return false
+	}
+	return matchesAny(allow) && !matchesAny(deny)
+}
+
+// subjectMatches reports whether the literal subject matches pattern, where '*' matches one
+// token and a final '>' one or more.
+func subjectMatches(pattern, subject string) bool {
+	pt, st := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, p := range pt {
+		switch {
+		case p == ">":
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case p != "*" && p != st[i]:
+			return false
+		}
+	}
+	return len(pt) == len(st)
+}
