@@ -1,0 +1,127 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"testing"
+
+	"github.com/nats-io/nkeys"
+)
+
+// deployment is what one NATS pod runs: a nats-server and the callout sidecar next to it,
+// with the sidecar's credentials in a Secret volume.
+type deployment struct {
+	dir  string
+	keys deployKeys
+	conf natsConf
+	vol  *secretVolume
+	nats *natsServer
+	svc  *calloutService
+}
+
+type deployOpts struct {
+	// xkey encrypts callouts: auth_callout.xkey in the server, NATS_XKEY_FILE in the service.
+	xkey bool
+	// serviceWithoutXKey leaves NATS_XKEY_FILE unset even when the server encrypts.
+	serviceWithoutXKey bool
+	// static adds an account with its own static user that bypasses the callout.
+	static *staticUser
+	// serviceEnv adds settings to the service.
+	serviceEnv []string
+}
+
+// deployKeys are the nkeys of one deployment.
+type deployKeys struct {
+	service nkeys.KeyPair // the service's login (SU.../U...)
+	issuer  nkeys.KeyPair // auth_callout.issuer (SA.../A...)
+	xkey    nkeys.KeyPair // auth_callout.xkey (SX.../X...)
+}
+
+func newUserKey(t *testing.T) nkeys.KeyPair {
+	t.Helper()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noteSeed(t, kp, "user seed")
+	return kp
+}
+
+func newAccountKey(t *testing.T) nkeys.KeyPair {
+	t.Helper()
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noteSeed(t, kp, "issuer account seed")
+	return kp
+}
+
+func newCurveKey(t *testing.T) nkeys.KeyPair {
+	t.Helper()
+	kp, err := nkeys.CreateCurveKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noteSeed(t, kp, "xkey curve seed")
+	return kp
+}
+
+func noteSeed(t *testing.T, kp nkeys.KeyPair, what string) {
+	t.Helper()
+	suite.noteSecret(string(seedOf(t, kp)), what)
+}
+
+func pubOf(t *testing.T, kp nkeys.KeyPair) string {
+	t.Helper()
+	p, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func seedOf(t *testing.T, kp nkeys.KeyPair) []byte {
+	t.Helper()
+	s, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// seedFile is the content of a Secret key holding seeds: one per line.
+func seedFile(t *testing.T, kps ...nkeys.KeyPair) []byte {
+	t.Helper()
+	var b []byte
+	for _, kp := range kps {
+		b = append(b, seedOf(t, kp)...)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+func newDeployment(t *testing.T, o deployOpts) *deployment {
+	t.Helper()
+	d := &deployment{dir: testDir(t)}
+	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
+	files := map[string][]byte{
+		keyService: seedFile(t, d.keys.service),
+		keyIssuer:  seedFile(t, d.keys.issuer),
+	}
+	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}, static: o.static}
+	if o.xkey {
+		d.keys.xkey = newCurveKey(t)
+		files[keyXKey] = seedFile(t, d.keys.xkey)
+		d.conf.xkey = pubOf(t, d.keys.xkey)
+	}
+	if o.static != nil {
+		suite.noteSecret(o.static.password, "static user password")
+	}
+	d.vol = newSecretVolume(t, d.dir+"/secret", files)
+	d.nats = startNATS(t, d.dir, "nats", d.conf)
+	d.svc = startService(t, d.dir, "callout", d.nats.url(), d.vol, serviceOpts{
+		xkey: o.xkey && !o.serviceWithoutXKey, env: o.serviceEnv,
+	})
+	return d
+}

@@ -1,0 +1,200 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Scenario 1: a ServiceAccount annotated as in the README gets exactly its grant, checked
+// with a fresh connection (so a fresh callout) per subject.
+func TestAnnotatedServiceAccount(t *testing.T) {
+	d := newDeployment(t, deployOpts{})
+	ns := newNamespace(t, "perm")
+	// The README's example, in namespace "perm".
+	newServiceAccount(t, ns, "orders", map[string]string{
+		"nats.io/allowed-pub-subjects": "events.orders.>, audit.perm",
+		"nats.io/allowed-sub-subjects": "commands.orders.*",
+		"nats.io/denied-pub-subjects":  "perm.internal.>",
+	})
+	newServiceAccount(t, ns, "prices", nil)
+	orders, prices := token(t, ns, "orders"), token(t, ns, "prices")
+	connectWhenKnown(t, d.nats.url(), orders).Close()
+	connectWhenKnown(t, d.nats.url(), prices).Close()
+	obs := newObserver(t, d.nats.url())
+	url := d.nats.url()
+
+	t.Run("allowed publishes are delivered", func(t *testing.T) {
+		for _, subj := range []string{"perm.orders.created", "perm.a.b.c", "events.orders.created", "events.orders.eu.created", "audit.perm"} {
+			payload := "p-" + randomHex(4)
+			if err := tryPublish(t, url, orders, subj, payload); err != nil {
+				t.Errorf("publish %q: %v", subj, err)
+				continue
+			}
+			if m := obs.next(t, subj); string(m.Data) != payload {
+				t.Errorf("publish %q: delivered %q, want %q", subj, m.Data, payload)
+			}
+		}
+	})
+
+	t.Run("other publishes are refused and not delivered", func(t *testing.T) {
+		for i, subj := range []string{"other.x", "perm", "perm.internal.secret", "events.payments.created", "events.orders", "audit.perm.more", "audit", "_INBOX.x", "_INBOX_perm_prices.x", "$SYS.REQ.USER.AUTH"} {
+			sentinel := fmt.Sprintf("perm.sentinel.%d", i)
+			err := tryPublish(t, url, orders, subj, "nope", func(nc *nats.Conn) {
+				if err := nc.Publish(sentinel, nil); err != nil {
+					t.Fatal(err)
+				}
+			})
+			wantViolation(t, err, "publish", subj)
+			obs.notBefore(t, subj, sentinel)
+		}
+	})
+
+	t.Run("allowed subscriptions receive", func(t *testing.T) {
+		for _, c := range []struct{ sub, pub string }{
+			{"perm.>", "perm.x.y"},
+			{"commands.orders.*", "commands.orders.cancel"},
+			{"_INBOX_perm_orders.>", "_INBOX_perm_orders.abc.1"},
+		} {
+			nc := connect(t, url, orders)
+			sub, err := nc.SubscribeSync(c.sub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := flushErr(nc); err != nil {
+				t.Errorf("subscribe %q: %v", c.sub, err)
+				continue
+			}
+			payload := randomHex(4)
+			if err := obs.nc.Publish(c.pub, []byte(payload)); err != nil {
+				t.Fatal(err)
+			}
+			m, err := sub.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Errorf("subscribe %q: nothing received from %q: %v", c.sub, c.pub, err)
+			} else if string(m.Data) != payload {
+				t.Errorf("subscribe %q: got %q, want %q", c.sub, m.Data, payload)
+			}
+			nc.Close()
+		}
+	})
+
+	t.Run("other subscriptions are refused", func(t *testing.T) {
+		for _, subj := range []string{">", "other.>", "perm", "commands.orders.a.b", "commands.>", "events.orders.>", "_INBOX.>", "_INBOX_perm_prices.>", "_INBOX_perm_orders"} {
+			wantViolation(t, trySubscribe(t, url, orders, subj), "subscribe", subj)
+		}
+	})
+
+	t.Run("publish and subscribe round trip between workloads", func(t *testing.T) {
+		sub := connect(t, url, orders)
+		s, err := sub.SubscribeSync("perm.orders.*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := flushErr(sub); err != nil {
+			t.Fatal(err)
+		}
+		pub := connect(t, url, prices)
+		if err := pub.Publish("perm.orders.priced", []byte("42")); err != nil {
+			t.Fatal(err)
+		}
+		if err := flushErr(pub); err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.NextMsg(5 * time.Second)
+		if err != nil || string(m.Data) != "42" {
+			t.Fatalf("round trip: got %v, %v", m, err)
+		}
+	})
+
+	t.Run("request and reply through the private inbox", func(t *testing.T) {
+		responder := connect(t, url, prices)
+		if _, err := responder.Subscribe("perm.prices.get", func(m *nats.Msg) {
+			_ = m.Respond([]byte("price:" + string(m.Data)))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := flushErr(responder); err != nil {
+			t.Fatal(err)
+		}
+		requester := connect(t, url, orders, nats.CustomInboxPrefix("_INBOX_perm_orders"))
+		reply, err := requester.Request("perm.prices.get", []byte("apple"), 5*time.Second)
+		if err != nil {
+			t.Fatalf("request with the private inbox prefix: %v", err)
+		}
+		if string(reply.Data) != "price:apple" {
+			t.Errorf("reply %q", reply.Data)
+		}
+
+		// The default _INBOX prefix is nobody's: the reply subscription is refused.
+		plain := connect(t, url, orders)
+		if _, err := plain.Request("perm.prices.get", []byte("pear"), 2*time.Second); err == nil {
+			t.Error("request with the default _INBOX prefix succeeded; the shared inbox must be closed")
+		}
+		if err := plain.LastError(); !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("request with the default _INBOX prefix: last error %v, want a permissions violation", err)
+		}
+	})
+
+	t.Run("a responder answers once, not twice", func(t *testing.T) {
+		requester := connect(t, url, orders)
+		got := make(chan *nats.Msg, 16)
+		inbox := "_INBOX_perm_orders.once." + randomHex(4)
+		for _, s := range []string{inbox, "perm.sentinel.reply"} {
+			if _, err := requester.ChanSubscribe(s, got); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := flushErr(requester); err != nil {
+			t.Fatal(err)
+		}
+
+		responder := connect(t, url, prices)
+		secondErr := make(chan error, 1)
+		if _, err := responder.Subscribe("perm.prices.once", func(m *nats.Msg) {
+			_ = m.Respond([]byte("first"))
+			_ = m.Respond([]byte("second"))
+			err := flushErr(responder)
+			// After the refused reply, on the same connection: arrives after "first" and
+			// would arrive after "second" had that been delivered.
+			_ = responder.Publish("perm.sentinel.reply", nil)
+			_ = responder.Flush()
+			secondErr <- err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := flushErr(responder); err != nil {
+			t.Fatal(err)
+		}
+		if err := requester.PublishRequest("perm.prices.once", inbox, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-secondErr:
+			wantViolation(t, err, "second reply to", inbox)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the responder never got the request")
+		}
+		var replies []string
+		for done := false; !done; {
+			select {
+			case m := <-got:
+				if m.Subject == inbox {
+					replies = append(replies, string(m.Data))
+				} else {
+					done = true
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("sentinel not received")
+			}
+		}
+		if len(replies) != 1 || replies[0] != "first" {
+			t.Errorf("replies delivered: %q, want exactly [first]", replies)
+		}
+	})
+}
