@@ -734,7 +734,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		dc.Namespaces = strings.Join(namespaces, ",")
 		serveArgs = append(serveArgs, "--watch-namespaces", dc.Namespaces)
 	} else {
-		client = fake.NewClientset()
+		// The simple tracker: field management (server-side apply) is not needed, and the
+		// managed-fields tracker of NewClientset spends most of a second parsing OpenAPI schemas.
+		client = fake.NewSimpleClientset()
 	}
 	c, err := parseConfig(serveArgs, func(string) (string, bool) { return "", false }, stderr)
 	if err != nil {

@@ -1,0 +1,73 @@
+package kube
+
+import (
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+func TestSubjectMatches(t *testing.T) {
+	tests := []struct {
+		pattern, subject string
+		want             bool
+	}{
+		{"a.b", "a.b", true},
+		{"a.b", "a.c", false},
+		{"a.b", "a.b.c", false},
+		{"a.*", "a.b", true},
+		{"a.*", "a", false},
+		{"a.*", "a.b.c", false},
+		{"a.>", "a.b", true},
+		{"a.>", "a.b.c", true},
+		{"a.>", "a", false},
+		{">", "a", true},
+		{"*.b.>", "x.b.c", true},
+		{"*.b.>", "x.c.c", false},
+		{"_INBOX_ns_sa.>", "_INBOX_ns_sa.abc.1", true},
+		{"_INBOX_ns_sa.>", "_INBOX.abc.1", false},
+	}
+	for _, tt := range tests {
+		if got := subjectMatches(tt.pattern, tt.subject); got != tt.want {
+			t.Errorf("subjectMatches(%q, %q) = %v, want %v", tt.pattern, tt.subject, got, tt.want)
+		}
+		// nats-server is the authority on what matches.
+		if srv := server.SubjectMatchesFilter(tt.subject, tt.pattern); srv != tt.want {
+			t.Errorf("nats-server says %q matches %q: %v; the table says %v", tt.subject, tt.pattern, srv, tt.want)
+		}
+	}
+}
+
+func TestPermissionsAllows(t *testing.T) {
+	p := Permissions{
+		PubAllow: []string{"shop.>", "billing.charges.create"},
+		PubDeny:  []string{"shop.admin.>"},
+		SubAllow: []string{"shop.>", "_INBOX_shop_orders.>"},
+		SubDeny:  []string{"shop.secret"},
+	}
+	pub := map[string]bool{
+		"shop.orders.created":    true,
+		"billing.charges.create": true,
+		"billing.refunds.create": false,
+		"shop.admin.reset":       false, // denied although shop.> allows it
+		"shop.*":                 false, // not a literal subject
+		"":                       false,
+		"shop..x":                false,
+	}
+	for s, want := range pub {
+		if got := p.AllowsPublish(s); got != want {
+			t.Errorf("AllowsPublish(%q) = %v, want %v", s, got, want)
+		}
+	}
+	sub := map[string]bool{
+		"shop.orders.created":      true,
+		"shop.secret":              false,
+		"_INBOX_shop_orders.abc.1": true,
+		"_INBOX.abc.1":             false,
+		"billing.charges.create":   false,
+	}
+	for s, want := range sub {
+		if got := p.AllowsSubscribe(s); got != want {
+			t.Errorf("AllowsSubscribe(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
