@@ -24,6 +24,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	authv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -245,7 +246,7 @@ func (s *suiteEnv) setUpObserver(ctx context.Context) error {
 	if _, err := createServiceAccount(ctx, s.kube, ns, name, map[string]string{
 		"nats.io/allowed-pub-subjects": ">",
 		"nats.io/allowed-sub-subjects": ">",
-	}); err != nil {
+	}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	tok, err := requestToken(ctx, s.kube, ns, name, "nats", 3*time.Hour)
