@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nkeys"
 )
@@ -124,4 +126,29 @@ func newDeployment(t *testing.T, o deployOpts) *deployment {
 		xkey: o.xkey && !o.serviceWithoutXKey, env: o.serviceEnv,
 	})
 	return d
+}
+
+// restartNATS rewrites nats-server's configuration and restarts it: a change to auth_callout
+// (issuer, auth_users, xkey) needs a restart, nats-server cannot reload it. It returns the
+// window in which clients may fail: from the stop until the sidecar has reconnected and
+// reports ready again.
+func (d *deployment) restartNATS(t *testing.T, conf natsConf) window {
+	t.Helper()
+	d.conf = conf
+	d.nats.setConfig(t, conf)
+	reconnects := d.svc.metrics(t).sum("nats_callout_nats_reconnects_total")
+	w := window{what: "nats-server restart", from: time.Now()}
+	d.nats.restart(t)
+	eventually(t, 30*time.Second, "the sidecar reconnected and ready", func() error {
+		if got := d.svc.metrics(t).sum("nats_callout_nats_reconnects_total"); got <= reconnects {
+			return fmt.Errorf("reconnects still %g", got)
+		}
+		code, body, err := d.svc.get("/readyz")
+		if err != nil || code != 200 {
+			return fmt.Errorf("/readyz %d %v: %s", code, err, body)
+		}
+		return nil
+	})
+	w.to = time.Now()
+	return w
 }
