@@ -147,6 +147,12 @@ type Decision struct {
 // not be answered (see ResultDropped). It logs the decision and records metrics.
 func (h *Handler) Handle(ctx context.Context, data []byte, hdr nats.Header) ([]byte, Decision) {
 	start := h.cfg.Now()
+	if err := ctx.Err(); err != nil {
+		// Queued past its deadline: the server has given up on it, so spend nothing on it.
+		d := Decision{Result: ResultDropped, Reason: ReasonDeadline, Err: err}
+		h.record(d)
+		return nil, d
+	}
 	reply, d := h.decide(ctx, data, hdr)
 	if reply != nil && ctx.Err() != nil {
 		// The server has given up on this request by now; a late answer is useless.

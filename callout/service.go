@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,9 +19,25 @@ import (
 // member, so each sidecar answers its own server and a peer takes over when it is gone.
 const DefaultQueueGroup = "nats-k8s-oidc-callout"
 
+// ReasonOverloaded is the `reason` of a request dropped on arrival because the queue of requests
+// waiting for a worker was full: its client gets no answer and fails after the server's
+// authorization timeout, as it would have if the service had answered too late.
+const ReasonOverloaded = "overloaded"
+
+const (
+	// A connection that has been down this long is reported (at most once per repeatLogPeriod)
+	// with the last error nats.go saw: failures while (re)connecting, such as a credential the
+	// server does not accept yet or a server that never answers, raise no nats.go callback.
+	downReportAfter = 10 * time.Second
+	// Repeated connection errors and overload drops are logged at most once per period.
+	repeatLogPeriod = time.Minute
+	// readyFlushTimeout bounds the round trip that proves the server has the subscription.
+	readyFlushTimeout = 5 * time.Second
+)
+
 // ServiceConfig configures the request loop and its NATS connection.
 type ServiceConfig struct {
-	// URL of nats-server; may carry user:password.
+	// URL of nats-server; may carry user:password (it is never logged with them).
 	URL string
 	// Credentials returns the current login credential, or nil when URL carries one.
 	Credentials func() *Credentials
@@ -30,8 +48,12 @@ type ServiceConfig struct {
 	Handler *Handler
 	// Workers bounds concurrent requests; 0 means 4×GOMAXPROCS.
 	Workers int
-	// RequestTimeout bounds one request, and must be below the server's authorization timeout
-	// (2 s by default); 0 means 1.5 s.
+	// QueueSize bounds the requests received but not yet taken by a worker; 0 means 64 per
+	// worker, at least 1024. A request that finds the queue full is dropped at once
+	// (reason "overloaded") rather than answered after its server has given up on it.
+	QueueSize int
+	// RequestTimeout bounds one request, counted from its arrival, and must be below the
+	// server's authorization timeout (2 s by default); 0 means 1.5 s.
 	RequestTimeout time.Duration
 	// QueueGroup defaults to DefaultQueueGroup.
 	QueueGroup string
@@ -40,22 +62,32 @@ type ServiceConfig struct {
 	// ReconnectWait between attempts; 0 means 1 s (with jitter).
 	ReconnectWait time.Duration
 	Logger        *slog.Logger
-	Metrics       *Metrics
+	// Metrics, if set, must belong to this Service alone: nats_callout_nats_connected reports
+	// this Service's connection.
+	Metrics *Metrics
 }
 
 // Service answers callout requests on a NATS connection that it keeps up forever: it retries
-// until nats-server is first reachable, reconnects after every outage, and replaces its
-// connection when its credentials rotate without leaving a request unanswered.
+// until nats-server is first reachable, reconnects after every outage, replaces a connection
+// that nats.go closed, and replaces its connection when its credentials rotate without leaving
+// a request unanswered.
 type Service struct {
 	cfg  ServiceConfig
 	log  *slog.Logger
+	url  string // cfg.URL without secrets, for logs and errors
 	work chan job
 
 	rotate chan struct{}
-	// lost receives a session whose connection closed without the service closing it.
-	lost chan *session
+	// closed is signalled when a connection closed without the service closing it; Run
+	// then looks at which one.
+	closed chan struct{}
 
-	active atomic.Pointer[session]
+	active   atomic.Pointer[session]
+	stopping atomic.Bool
+	// downReport is downReportAfter; tests shorten it.
+	downReport time.Duration
+
+	overload repeatLog
 }
 
 type job struct {
@@ -66,15 +98,30 @@ type job struct {
 
 // session is one NATS connection with its callout subscription.
 type session struct {
-	nc       *nats.Conn
-	sub      *nats.Subscription
-	pub      string
+	nc     *nats.Conn
+	sub    *nats.Subscription
+	creds  *Credentials
+	pub    string
+	opened time.Time
+	// replaces is set on a connection opened because the previous one closed: its first
+	// connect is a reconnect as far as anyone watching the metrics is concerned.
+	replaces bool
+
+	// mu orders message intake against retire: once stopped is set no request is taken, so
+	// inflight.Wait in retire cannot race with inflight.Add.
+	mu       sync.Mutex
+	stopped  bool
 	inflight sync.WaitGroup
+
 	retiring atomic.Bool
+	// downSince is when the connection was last lost (or opened), in Unix nanoseconds; 0 while up.
+	downSince atomic.Int64
 	// subscribed is set once sub exists; connection callbacks may run before that.
 	subscribed atomic.Bool
-	ready      chan struct{} // closed once connected and subscribed
+	ready      chan struct{} // closed once connected and the server has the subscription
 	once       sync.Once
+
+	errLog repeatLog
 }
 
 // NewService validates cfg.
@@ -87,6 +134,9 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = max(1024, 64*cfg.Workers)
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 1500 * time.Millisecond
@@ -106,17 +156,25 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	s := &Service{
 		cfg:    cfg,
 		log:    cfg.Logger,
-		work:   make(chan job, cfg.Workers),
+		url:    RedactURL(cfg.URL),
+		work:   make(chan job, cfg.QueueSize),
 		rotate: make(chan struct{}, 1),
-		lost:   make(chan *session, 4),
-	}, nil
+		closed: make(chan struct{}, 1),
+
+		downReport: downReportAfter,
+	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.bindConnected(func() bool { return s.Ready() == nil })
+	}
+	return s, nil
 }
 
 // Rotate tells the service its credentials changed. It opens a connection with the new ones,
-// subscribes, and only then drains the old connection.
+// subscribes, and only then drains the old connection; until the server accepts the new
+// credential the old connection keeps serving.
 func (s *Service) Rotate() {
 	select {
 	case s.rotate <- struct{}{}:
@@ -124,26 +182,45 @@ func (s *Service) Rotate() {
 	}
 }
 
-// Ready returns nil while the service is connected with an active callout subscription.
+// Ready returns nil while the service is connected with an active callout subscription that
+// the server has confirmed, and otherwise says what is missing.
 func (s *Service) Ready() error {
+	if s.stopping.Load() {
+		return errors.New("nats: shutting down")
+	}
 	sess := s.active.Load()
 	switch {
 	case sess == nil:
 		return errors.New("nats: not started")
+	case sess.nc.IsClosed():
+		return fmt.Errorf("nats: connection to %s closed; opening a new one", s.url)
 	case !sess.nc.IsConnected():
-		return fmt.Errorf("nats: not connected to %s (%s)", s.cfg.URL, sess.nc.Status())
-	case sess.sub == nil || !sess.sub.IsValid():
+		msg := fmt.Sprintf("nats: not connected to %s (%s)", s.url, strings.ToLower(sess.nc.Status().String()))
+		if err := sess.nc.LastError(); err != nil {
+			msg += ": " + err.Error()
+		}
+		return errors.New(msg)
+	case !sess.sub.IsValid():
 		return errors.New("nats: callout subscription not active")
+	case !sess.isReady():
+		return errors.New("nats: connected, waiting for the server to confirm the callout subscription")
 	}
 	return nil
 }
 
 // Run serves until ctx is done, then stops taking requests, answers those in flight, drains the
-// connection and returns nil.
+// connection and returns nil. It returns an error only if it cannot open a connection at all
+// at start (an invalid URL or credential).
 func (s *Service) Run(ctx context.Context) error {
 	var workers, retiring sync.WaitGroup
 	for range s.cfg.Workers {
 		workers.Go(func() { s.worker(ctx) })
+	}
+	retire := func(sess *session) {
+		if sess != nil {
+			sess.retiring.Store(true)
+			retiring.Go(func() { s.retire(sess) })
+		}
 	}
 	defer func() {
 		// Retiring sessions may still hand requests to the workers.
@@ -152,12 +229,19 @@ func (s *Service) Run(ctx context.Context) error {
 		workers.Wait()
 	}()
 
-	cur, err := s.open()
+	cur, err := s.open(s.cfg.Credentials(), false)
 	if err != nil {
 		return err
 	}
 	s.active.Store(cur)
-	var pending *session
+	var (
+		pending *session
+		// reopen fires when a replacement for a closed connection could not be opened.
+		reopen      <-chan time.Time
+		report      = time.NewTicker(s.downReport)
+		lastReports = map[*session]time.Time{}
+	)
+	defer report.Stop()
 
 	for {
 		var pendingReady <-chan struct{}
@@ -166,60 +250,135 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			if pending != nil {
-				s.retire(pending)
-			}
-			s.retire(cur)
-			s.setConnected(false)
+			s.stopping.Store(true)
+			s.log.Info("stopping: draining the NATS connection and answering requests in flight")
+			retire(pending)
+			retire(cur)
 			return nil
 
 		case <-s.rotate:
 			creds := s.cfg.Credentials()
-			if creds != nil && creds.PublicKey() == cur.pub && !s.cfg.UseJWT {
-				// Same nkey: the running connection is still valid.
+			switch {
+			case sameCredentials(creds, cur.creds, s.cfg.UseJWT):
+				if pending != nil {
+					s.log.Info("credentials are back to the ones in use; abandoning the new NATS connection", "user", pending.pub)
+					retire(pending)
+					pending = nil
+				}
+				continue
+			case pending != nil && sameCredentials(creds, pending.creds, s.cfg.UseJWT):
 				continue
 			}
-			if pending != nil {
-				s.retire(pending)
-			}
-			next, err := s.open()
+			next, err := s.open(creds, false)
 			if err != nil {
 				s.log.Error("cannot open a connection with the new credentials; keeping the current one", "error", err)
 				continue
 			}
-			s.log.Info("credentials changed: opening a new NATS connection before draining the old one", "user", next.pub)
+			if pending != nil {
+				s.log.Info("credentials changed again before the previous new connection was ready; replacing it", "abandoned_user", pending.pub)
+				retire(pending)
+			}
+			s.log.Info("credentials changed: opening a new NATS connection before draining the old one", "user", next.pub, "previous_user", cur.pub)
 			pending = next
 
 		case <-pendingReady:
 			old := cur
 			cur, pending = pending, nil
 			s.active.Store(cur)
-			s.log.Info("new NATS connection subscribed; draining the old one", "user", cur.pub)
-			retiring.Go(func() { s.retire(old) })
+			s.log.Info("new NATS connection subscribed; draining the old one", "user", cur.pub, "previous_user", old.pub,
+				"switch_ms", time.Since(cur.opened).Milliseconds())
+			retire(old)
 
-		case lost := <-s.lost:
-			if lost != cur {
-				continue
+		case <-s.closed:
+			if pending != nil && pending.nc.IsClosed() {
+				s.log.Error("new NATS connection closed before it was ready; opening it again", "user", pending.pub)
+				retire(pending)
+				pending = nil
+				if next, err := s.open(s.cfg.Credentials(), false); err == nil {
+					pending = next
+				} else {
+					s.log.Error("cannot open a connection with the new credentials; keeping the current one", "error", err)
+				}
 			}
-			// A connection that closed on its own (the server kept refusing it, or nats.go gave
-			// up) is replaced: the service must never sit healthy on a dead connection.
-			s.log.Error("NATS connection closed; opening a new one")
-			s.setConnected(false)
-			next, err := s.open()
-			if err != nil {
-				return err
+			if cur.nc.IsClosed() && reopen == nil {
+				cur, pending, reopen = s.replace(cur, pending, retire)
 			}
-			old := cur
-			cur = next
-			s.active.Store(cur)
-			retiring.Go(func() { s.retire(old) })
+
+		case <-reopen:
+			reopen = nil
+			if cur.nc.IsClosed() {
+				cur, pending, reopen = s.replace(cur, pending, retire)
+			}
+
+		case now := <-report.C:
+			// Say so when a connection has been trying for a while: a rotation waiting for the
+			// server to accept the new credential, or a server that is down or refuses us.
+			for _, sess := range []*session{pending, cur} {
+				if sess == nil {
+					continue
+				}
+				down := sess.downSince.Load()
+				if down == 0 || now.Sub(time.Unix(0, down)) < s.downReport {
+					continue
+				}
+				if last, ok := lastReports[sess]; ok && now.Sub(last) < repeatLogPeriod {
+					continue
+				}
+				lastReports[sess] = now
+				msg := "NATS connection still down; retrying"
+				if sess == pending {
+					msg = "new NATS connection not up yet; the old one keeps serving"
+				}
+				s.log.Warn(msg, "user", sess.pub, "url", s.url, "down_since", time.Unix(0, down).UTC().Format(time.RFC3339Nano),
+					"status", strings.ToLower(sess.nc.Status().String()), "error", errString(sess.nc.LastError()))
+			}
+			for sess := range lastReports {
+				if sess != cur && sess != pending {
+					delete(lastReports, sess)
+				}
+			}
 		}
 	}
 }
 
-// open starts a connection that retries in the background until the server answers.
-func (s *Service) open() (*session, error) {
-	sess := &session{ready: make(chan struct{})}
+// replace swaps a connection that nats.go closed for a new one: the service must never sit on a
+// dead connection. A pending connection with newer credentials takes its place if there is one.
+// If no connection can be opened it returns a timer to try again.
+func (s *Service) replace(cur, pending *session, retire func(*session)) (*session, *session, <-chan time.Time) {
+	if pending != nil {
+		s.log.Error("NATS connection closed; the new connection being opened takes its place", "user", cur.pub, "error", errString(cur.nc.LastError()))
+		s.active.Store(pending)
+		retire(cur)
+		return pending, nil, nil
+	}
+	next, err := s.open(s.cfg.Credentials(), true)
+	if err != nil {
+		s.log.Error("NATS connection closed and a new one cannot be opened; retrying", "error", err)
+		return cur, nil, time.After(s.cfg.ReconnectWait)
+	}
+	s.log.Error("NATS connection closed; opening a new one", "user", cur.pub, "error", errString(cur.nc.LastError()))
+	s.active.Store(next)
+	retire(cur)
+	return next, nil, nil
+}
+
+// sameCredentials reports whether a and b log in as the same user.
+func sameCredentials(a, b *Credentials, useJWT bool) bool {
+	switch {
+	case a == nil || b == nil:
+		return a == b
+	case useJWT:
+		return a.PublicKey() == b.PublicKey() && a.JWT() == b.JWT()
+	default:
+		return a.PublicKey() == b.PublicKey()
+	}
+}
+
+// open starts a connection that retries in the background until the server answers, and
+// subscribes on it.
+func (s *Service) open(creds *Credentials, replaces bool) (*session, error) {
+	sess := &session{ready: make(chan struct{}), creds: creds, opened: time.Now(), replaces: replaces}
+	sess.downSince.Store(sess.opened.UnixNano())
 	opts := []nats.Option{
 		nats.Name(s.cfg.Name),
 		nats.RetryOnFailedConnect(true),
@@ -229,42 +388,61 @@ func (s *Service) open() (*session, error) {
 		// Keep trying through authorization errors: during a credential rotation the server may
 		// briefly not know the new key yet.
 		nats.IgnoreAuthErrorAbort(),
-		nats.ConnectHandler(func(nc *nats.Conn) { s.connectedEvent(sess, nc, "connected") }),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			if sess.retiring.Load() {
+				return
+			}
+			sess.downSince.Store(0)
+			if sess.replaces && s.cfg.Metrics != nil {
+				s.cfg.Metrics.reconnects.Inc()
+			}
+			s.log.Info("connected to nats-server", "url", s.url, "server", nc.ConnectedServerName(), "user", sess.pub)
+			s.confirm(sess)
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			if sess.retiring.Load() {
+				return
+			}
+			sess.downSince.Store(0)
 			if s.cfg.Metrics != nil {
 				s.cfg.Metrics.reconnects.Inc()
 			}
-			s.connectedEvent(sess, nc, "reconnected")
+			s.log.Info("reconnected to nats-server", "url", s.url, "server", nc.ConnectedServerName(), "user", sess.pub)
+			s.confirm(sess)
 		}),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			if sess.retiring.Load() {
 				return
 			}
+			sess.downSince.Store(time.Now().UnixNano())
 			if s.cfg.Metrics != nil {
-				s.cfg.Metrics.disconnect.Inc()
+				s.cfg.Metrics.disconnects.Inc()
 			}
-			if s.active.Load() == sess {
-				s.setConnected(false)
+			s.log.Warn("disconnected from nats-server; reconnecting", "url", s.url, "user", sess.pub, "error", errString(err))
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			if sess.retiring.Load() {
+				return
 			}
-			s.log.Warn("disconnected from nats-server", "url", s.cfg.URL, "error", errString(err))
+			s.connError(sess, slog.LevelWarn, "cannot reach nats-server; retrying", err)
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			if sess.retiring.Load() {
 				return
 			}
 			select {
-			case s.lost <- sess:
+			case s.closed <- struct{}{}:
 			default:
 			}
 		}),
 		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
-			if s.cfg.Metrics != nil {
-				s.cfg.Metrics.errors.Inc()
+			if sess.retiring.Load() {
+				return
 			}
-			s.log.Error("NATS connection error", "error", err)
+			s.connError(sess, slog.LevelError, "NATS connection error", err)
 		}),
 	}
-	if creds := s.cfg.Credentials(); creds != nil {
+	if creds != nil {
 		sess.pub = creds.PublicKey()
 		if s.cfg.UseJWT {
 			if creds.JWT() == "" {
@@ -277,63 +455,106 @@ func (s *Service) open() (*session, error) {
 	}
 	nc, err := nats.Connect(s.cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("callout: connect to %s: %w", s.cfg.URL, err)
+		return nil, fmt.Errorf("callout: connect to %s: %w", s.url, err)
 	}
 	sess.nc = nc
-	sub, err := nc.QueueSubscribe(Subject, s.cfg.QueueGroup, func(m *nats.Msg) {
-		sess.inflight.Add(1)
-		s.work <- job{msg: m, sess: sess, at: time.Now()}
-	})
+	sub, err := nc.QueueSubscribe(Subject, s.cfg.QueueGroup, func(m *nats.Msg) { s.receive(sess, m) })
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("callout: subscribe to %s: %w", Subject, err)
 	}
-	// Unbounded buffering would only queue requests the server has already given up on.
-	_ = sub.SetPendingLimits(16384, 64<<20)
+	// receive never blocks, so requests wait here only for the delivery goroutine to be
+	// scheduled; a burst must not be cut by a message limit (nats.go would drop the excess
+	// silently, as a slow consumer). The byte limit only guards against a stalled process.
+	_ = sub.SetPendingLimits(-1, 64<<20)
 	sess.sub = sub
 	sess.subscribed.Store(true)
 	if nc.IsConnected() {
-		s.connectedEvent(sess, nc, "connected")
+		s.confirm(sess)
 	}
 	return sess, nil
 }
 
-// connectedEvent marks a session ready once the server has seen its subscription.
-func (s *Service) connectedEvent(sess *session, nc *nats.Conn, what string) {
-	if sess.retiring.Load() {
+// receive hands a request to the workers without blocking the connection's delivery: a
+// request that cannot be queued is dropped now, while its arrival time is still known, instead
+// of waiting unmeasured in the client library until its server has given up on it.
+func (s *Service) receive(sess *session, m *nats.Msg) {
+	at := time.Now()
+	sess.mu.Lock()
+	if sess.stopped {
+		// Only after a drain that timed out: the server has stopped sending to this session.
+		sess.mu.Unlock()
+		s.log.Debug("callout request arrived on a retired connection; not answered")
 		return
 	}
-	s.log.Info(what+" to nats-server", "url", s.cfg.URL, "server", nc.ConnectedServerName())
-	if !sess.subscribed.Load() {
-		// open reports again once the subscription exists.
+	sess.inflight.Add(1)
+	sess.mu.Unlock()
+	select {
+	case s.work <- job{msg: m, sess: sess, at: at}:
+	default:
+		sess.inflight.Done()
+		if s.cfg.Metrics != nil {
+			s.cfg.Metrics.dropped(ReasonOverloaded)
+		}
+		if ok, suppressed := s.overload.allow("queue full", at); ok {
+			s.log.Warn("callout request queue full; dropping requests until workers catch up",
+				"queue_size", s.cfg.QueueSize, "workers", s.cfg.Workers, "dropped_since_last_report", suppressed+1)
+		}
+	}
+}
+
+// connError counts an error reported by the connection and logs it, each distinct message at
+// most once per repeatLogPeriod.
+func (s *Service) connError(sess *session, level slog.Level, msg string, err error) {
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.errors.Inc()
+	}
+	text := errString(err)
+	if ok, suppressed := sess.errLog.allow(text, time.Now()); ok {
+		s.log.Log(context.Background(), level, msg, "url", s.url, "user", sess.pub, "error", text, "repeated", suppressed)
+	}
+}
+
+// confirm marks a session ready once a round trip proves the server has its subscription.
+func (s *Service) confirm(sess *session) {
+	if !sess.subscribed.Load() || sess.isReady() {
 		return
 	}
 	go func() {
-		// A flush round trip proves the server has registered the subscription.
-		if nc.FlushTimeout(5*time.Second) != nil {
+		if sess.nc.FlushTimeout(readyFlushTimeout) != nil {
+			// Disconnected again; the next (re)connect confirms.
 			return
 		}
 		sess.once.Do(func() { close(sess.ready) })
-		if s.active.Load() == sess {
-			s.setConnected(true)
-		}
 	}()
+}
+
+func (sess *session) isReady() bool {
+	select {
+	case <-sess.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // retire stops a session taking requests, answers those it already received, then closes it.
 func (s *Service) retire(sess *session) {
 	sess.retiring.Store(true)
-	if sess.sub != nil && sess.sub.IsValid() {
+	if sess.nc.IsConnected() && sess.sub.IsValid() {
 		closed := sess.sub.StatusChanged(nats.SubscriptionClosed)
 		// Drain tells the server to stop sending and still delivers what is buffered here.
 		if err := sess.sub.Drain(); err == nil {
 			select {
 			case <-closed:
 			case <-time.After(s.cfg.RequestTimeout + time.Second):
-				s.log.Warn("callout subscription did not drain in time")
+				s.log.Warn("callout subscription did not drain in time", "user", sess.pub)
 			}
 		}
 	}
+	sess.mu.Lock()
+	sess.stopped = true
+	sess.mu.Unlock()
 	sess.inflight.Wait()
 	if sess.nc.IsConnected() {
 		if err := sess.nc.FlushTimeout(time.Second); err != nil {
@@ -341,17 +562,6 @@ func (s *Service) retire(sess *session) {
 		}
 	}
 	sess.nc.Close()
-}
-
-func (s *Service) setConnected(up bool) {
-	if s.cfg.Metrics == nil {
-		return
-	}
-	if up {
-		s.cfg.Metrics.connected.Set(1)
-	} else {
-		s.cfg.Metrics.connected.Set(0)
-	}
 }
 
 func (s *Service) worker(ctx context.Context) {
@@ -373,6 +583,54 @@ func (s *Service) serve(ctx context.Context, j job) {
 	if err := j.msg.Respond(reply); err != nil {
 		s.log.Warn("cannot send callout response", "error", err)
 	}
+}
+
+// RedactURL returns a NATS URL (or comma-separated list) fit for logs: a password becomes
+// "xxxxx", and a bare user part, which nats.go sends as a token, is dropped entirely.
+func RedactURL(raw string) string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		u, err := url.Parse(p)
+		if err != nil {
+			// url.Parse errors quote their input; say only that it did not parse.
+			parts[i] = "(unparseable URL)"
+			continue
+		}
+		if u.User != nil {
+			if _, hasPass := u.User.Password(); hasPass {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				u.User = url.User("xxxxx")
+			}
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// repeatLog lets a repeated log line through at most once per repeatLogPeriod per key and
+// counts what it held back.
+type repeatLog struct {
+	mu         sync.Mutex
+	last       map[string]time.Time
+	suppressed map[string]int
+}
+
+func (r *repeatLog) allow(key string, now time.Time) (bool, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil || len(r.last) > 64 {
+		// Keys are a handful of fixed messages; the bound only guards against surprises.
+		r.last, r.suppressed = map[string]time.Time{}, map[string]int{}
+	}
+	if last, ok := r.last[key]; ok && now.Sub(last) < repeatLogPeriod {
+		r.suppressed[key]++
+		return false, 0
+	}
+	n := r.suppressed[key]
+	r.last[key], r.suppressed[key] = now, 0
+	return true, n
 }
 
 func errString(err error) string {
