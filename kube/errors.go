@@ -1,0 +1,78 @@
+package kube
+
+import "errors"
+
+// Reasons a connection is refused. Every error returned by Verify, Policy and ParsePolicy
+// wraps exactly one of them (or is a context error); test with errors.Is and turn into a
+// metric label with Reason.
+var (
+	// ErrNoToken means the client sent no token at all.
+	ErrNoToken = errors.New("no token")
+	// ErrMalformedToken means the token is not a well-formed JWT (wrong number of segments,
+	// bad base64 or JSON, absurdly long).
+	ErrMalformedToken = errors.New("malformed token")
+	// ErrBadSignature means the signature does not check out against the JWKS: unknown key
+	// id, a signature that does not match, or an algorithm that is not accepted (none, HS*).
+	ErrBadSignature = errors.New("bad token signature")
+	// ErrExpired means the token's exp has passed (beyond the leeway).
+	ErrExpired = errors.New("token expired")
+	// ErrNotYetValid means the token's nbf or iat lies in the future (beyond the leeway).
+	ErrNotYetValid = errors.New("token not yet valid")
+	// ErrWrongIssuer means iss is missing or not the configured issuer.
+	ErrWrongIssuer = errors.New("wrong token issuer")
+	// ErrWrongAudience means aud does not contain the configured audience.
+	ErrWrongAudience = errors.New("wrong token audience")
+	// ErrBadClaims means the token is signed and current but is not a usable ServiceAccount
+	// token: no exp, no kubernetes.io claim or missing namespace/name/uid in it, or a sub that
+	// disagrees with it.
+	ErrBadClaims = errors.New("bad serviceaccount token claims")
+	// ErrServiceAccountNotFound means the token's ServiceAccount is not in the cache (deleted,
+	// or in a namespace the service does not watch).
+	ErrServiceAccountNotFound = errors.New("serviceaccount not found")
+	// ErrServiceAccountDeleting means the ServiceAccount is being deleted (deletionTimestamp set).
+	ErrServiceAccountDeleting = errors.New("serviceaccount is being deleted")
+	// ErrUIDMismatch means a ServiceAccount of that name exists but is not the one the token
+	// was issued for: it was deleted and recreated, so the old token must not be honoured.
+	ErrUIDMismatch = errors.New("serviceaccount uid does not match the token")
+	// ErrInvalidPolicy means the ServiceAccount's permission annotations cannot be applied
+	// safely (an invalid deny entry): the connection is refused rather than widened.
+	ErrInvalidPolicy = errors.New("invalid serviceaccount policy")
+	// ErrNotSynced means the ServiceAccount was not found while the informer cache has not
+	// finished its initial list, so the answer is not known yet. Reason returns "" for it:
+	// it is the service's state, not the client's fault.
+	ErrNotSynced = errors.New("serviceaccount cache not synced")
+)
+
+// reasons maps each client-facing sentinel to its metric label, in the order Reason tests them.
+var reasons = []struct {
+	err    error
+	reason string
+}{
+	{ErrNoToken, "no_token"},
+	{ErrMalformedToken, "malformed_token"},
+	{ErrBadSignature, "bad_signature"},
+	{ErrExpired, "expired"},
+	{ErrNotYetValid, "not_yet_valid"},
+	{ErrWrongIssuer, "wrong_issuer"},
+	{ErrWrongAudience, "wrong_audience"},
+	{ErrBadClaims, "bad_claims"},
+	{ErrServiceAccountNotFound, "serviceaccount_not_found"},
+	{ErrServiceAccountDeleting, "serviceaccount_deleting"},
+	{ErrUIDMismatch, "serviceaccount_uid_mismatch"},
+	{ErrInvalidPolicy, "invalid_policy"},
+}
+
+// Reason returns a short snake_case label for err, from a small fixed set suitable as a
+// metric label value, or "" when err wraps none of this package's client-facing sentinels
+// (including ErrNotSynced and context errors).
+func Reason(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.reason
+		}
+	}
+	return ""
+}

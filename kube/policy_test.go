@@ -1,0 +1,453 @@
+package kube
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+func TestParsePolicy(t *testing.T) {
+	defaultSub := []string{"team-a.>", "_INBOX_team-a_app.>"}
+	tests := []struct {
+		name        string
+		defaults    PolicyDefaults
+		sa          string
+		annotations map[string]string
+		want        Policy
+	}{
+		{
+			name: "defaults only",
+			want: Policy{Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub, AllowResponses: true}},
+		},
+		{
+			name: "dots in the name become underscores in the inbox",
+			sa:   "builder.v2",
+			want: Policy{Permissions: Permissions{
+				PubAllow: []string{"team-a.>"}, SubAllow: []string{"team-a.>", "_INBOX_team-a_builder_v2.>"}, AllowResponses: true,
+			}},
+		},
+		{
+			name: "allow annotations add, trimmed, empty entries ignored, deduplicated",
+			annotations: map[string]string{
+				AnnotationAllowedPub: " orders.created , ,metrics.*.cpu,orders.created,team-a.>,",
+				AnnotationAllowedSub: "\tevents.>\n,*",
+			},
+			want: Policy{Permissions: Permissions{
+				PubAllow:       []string{"team-a.>", "orders.created", "metrics.*.cpu"},
+				SubAllow:       append(slices.Clone(defaultSub), "events.>", "*"),
+				AllowResponses: true,
+			}},
+		},
+		{
+			name: "invalid allow entries are dropped with a warning",
+			annotations: map[string]string{
+				AnnotationAllowedPub: "a..b, ok.one, foo.>.bar, .lead, trail., foo*, fo>o",
+				AnnotationAllowedSub: "has space, tab\there, ok.two, nul\x00byte",
+			},
+			want: Policy{
+				Permissions: Permissions{
+					PubAllow:       []string{"team-a.>", "ok.one"},
+					SubAllow:       append(slices.Clone(defaultSub), "ok.two"),
+					AllowResponses: true,
+				},
+				Warnings: []string{
+					`nats.io/allowed-pub-subjects: dropped "a..b": empty token`,
+					`nats.io/allowed-pub-subjects: dropped "foo.>.bar": '>' must be the last token`,
+					`nats.io/allowed-pub-subjects: dropped ".lead": empty token`,
+					`nats.io/allowed-pub-subjects: dropped "trail.": empty token`,
+					`nats.io/allowed-pub-subjects: dropped "foo*": wildcard inside token "foo*"`,
+					`nats.io/allowed-pub-subjects: dropped "fo>o": wildcard inside token "fo>o"`,
+					`nats.io/allowed-sub-subjects: dropped "has space": whitespace or control character U+0020`,
+					`nats.io/allowed-sub-subjects: dropped "tab\there": whitespace or control character U+0009`,
+					`nats.io/allowed-sub-subjects: dropped "nul\x00byte": whitespace or control character U+0000`,
+				},
+			},
+		},
+		{
+			name: "deny annotations go to the deny lists",
+			annotations: map[string]string{
+				AnnotationDeniedPub: "team-a.admin.>, team-a.admin.>",
+				AnnotationDeniedSub: "team-a.secrets.*",
+			},
+			want: Policy{Permissions: Permissions{
+				PubAllow: []string{"team-a.>"}, PubDeny: []string{"team-a.admin.>"},
+				SubAllow: defaultSub, SubDeny: []string{"team-a.secrets.*"},
+				AllowResponses: true,
+			}},
+		},
+		{
+			name:        "responses off",
+			annotations: map[string]string{AnnotationAllowResponses: "false"},
+			want:        Policy{Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub}},
+		},
+		{
+			name:        "responses off, other spelling",
+			annotations: map[string]string{AnnotationAllowResponses: " FALSE "},
+			want:        Policy{Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub}},
+		},
+		{
+			name:        "responses explicitly on",
+			annotations: map[string]string{AnnotationAllowResponses: "true"},
+			want:        Policy{Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub, AllowResponses: true}},
+		},
+		{
+			name:        "unparsable allow-responses does not widen",
+			annotations: map[string]string{AnnotationAllowResponses: "yes please"},
+			want: Policy{
+				Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub},
+				Warnings:    []string{`nats.io/allow-responses: "yes please" is not a boolean, responses turned off`},
+			},
+		},
+		{
+			name:        "empty allow-responses does not widen",
+			annotations: map[string]string{AnnotationAllowResponses: ""},
+			want: Policy{
+				Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub},
+				Warnings:    []string{`nats.io/allow-responses: "" is not a boolean, responses turned off`},
+			},
+		},
+		{
+			name: "unknown nats.io annotations are reported, others ignored",
+			annotations: map[string]string{
+				"nats.io/allowed-pub-subject": "typo.>",
+				"nats.io/zzz":                 "x",
+				"kubectl.kubernetes.io/last-applied-configuration": "{}",
+			},
+			want: Policy{
+				Permissions: Permissions{PubAllow: []string{"team-a.>"}, SubAllow: defaultSub, AllowResponses: true},
+				Warnings: []string{
+					`unknown annotation "nats.io/allowed-pub-subject" ignored`,
+					`unknown annotation "nats.io/zzz" ignored`,
+				},
+			},
+		},
+		{
+			name:     "custom defaults with every placeholder",
+			defaults: PolicyDefaults{Pub: []string{"svc.{namespace}.{serviceaccount}.>"}, Sub: []string{"{inbox}.>", "broadcast"}},
+			sa:       "web.frontend",
+			want: Policy{Permissions: Permissions{
+				PubAllow:       []string{"svc.team-a.web_frontend.>"},
+				SubAllow:       []string{"_INBOX_team-a_web_frontend.>", "broadcast"},
+				AllowResponses: true,
+			}},
+		},
+		{
+			name:     "no publish defaults and nothing allowed: deny everything explicitly",
+			defaults: PolicyDefaults{Pub: []string{}, Sub: []string{"{inbox}.>"}},
+			annotations: map[string]string{
+				AnnotationAllowedPub: "bad..subject",
+			},
+			want: Policy{
+				Permissions: Permissions{
+					PubDeny:        []string{">"},
+					SubAllow:       []string{"_INBOX_team-a_app.>"},
+					AllowResponses: true,
+				},
+				Warnings: []string{`nats.io/allowed-pub-subjects: dropped "bad..subject": empty token`},
+			},
+		},
+		{
+			name:        "no defaults at all, annotations only",
+			defaults:    PolicyDefaults{Pub: []string{}, Sub: []string{}},
+			annotations: map[string]string{AnnotationAllowedSub: "feed.>"},
+			want: Policy{Permissions: Permissions{
+				PubDeny: []string{">"}, SubAllow: []string{"feed.>"}, AllowResponses: true,
+			}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sa := tt.sa
+			if sa == "" {
+				sa = "app"
+			}
+			annotations := maps.Clone(tt.annotations)
+			got, err := ParsePolicy(tt.defaults, "team-a", sa, annotations)
+			if err != nil {
+				t.Fatalf("ParsePolicy: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ParsePolicy =\n%#v\nwant\n%#v", got, tt.want)
+			}
+			if !maps.Equal(annotations, tt.annotations) {
+				t.Errorf("ParsePolicy modified the annotations: %v", annotations)
+			}
+		})
+	}
+}
+
+func TestParsePolicyErrors(t *testing.T) {
+	tests := []struct {
+		name        string
+		defaults    PolicyDefaults
+		namespace   string
+		sa          string
+		annotations map[string]string
+		wantErr     string
+	}{
+		{name: "invalid deny pub entry", annotations: map[string]string{AnnotationDeniedPub: "team-a.admin.>, team-a..x"}, wantErr: `nats.io/denied-pub-subjects: "team-a..x": empty token`},
+		{name: "invalid deny sub entry", annotations: map[string]string{AnnotationDeniedSub: "secrets.> more"}, wantErr: `nats.io/denied-sub-subjects: "secrets.> more"`},
+		{name: "deny with inner wildcard", annotations: map[string]string{AnnotationDeniedSub: "secrets*"}, wantErr: "wildcard inside token"},
+		{name: "deny too long", annotations: map[string]string{AnnotationDeniedPub: strings.Repeat("a", maxSubjectBytes+1)}, wantErr: "longer than"},
+		{name: "deny not UTF-8", annotations: map[string]string{AnnotationDeniedPub: "a.\xff"}, wantErr: "not valid UTF-8"},
+		{name: "invalid namespace", namespace: "Team_A", wantErr: "namespace"},
+		{name: "empty name", sa: "-", wantErr: "serviceaccount name"},
+		{name: "bad template", defaults: PolicyDefaults{Pub: []string{"{pod}.>"}}, wantErr: "unknown placeholder {pod}"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, sa := tt.namespace, tt.sa
+			if ns == "" {
+				ns = "team-a"
+			}
+			if sa == "" {
+				sa = "app"
+			}
+			got, err := ParsePolicy(tt.defaults, ns, sa, tt.annotations)
+			if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("ParsePolicy error = %v, want %v containing %q", err, ErrInvalidPolicy, tt.wantErr)
+			}
+			if !reflect.DeepEqual(got, Policy{}) {
+				t.Errorf("ParsePolicy returned %+v with an error", got)
+			}
+		})
+	}
+}
+
+func TestPolicyDefaultsValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		d       PolicyDefaults
+		wantErr string
+	}{
+		{"zero value", PolicyDefaults{}, ""},
+		{"built-in", DefaultPolicyDefaults(), ""},
+		{"literal and wildcards", PolicyDefaults{Pub: []string{"a.*.c", "{namespace}.{serviceaccount}.>"}, Sub: []string{">"}}, ""},
+		{"unknown placeholder", PolicyDefaults{Sub: []string{"{ns}.>"}}, "unknown placeholder {ns}"},
+		{"unterminated", PolicyDefaults{Pub: []string{"{namespace.>"}}, "unterminated"},
+		{"unbalanced", PolicyDefaults{Pub: []string{"namespace}.>"}}, "unbalanced"},
+		{"renders invalid", PolicyDefaults{Pub: []string{"{namespace}..x"}}, "empty token"},
+		{"wildcard glued to placeholder", PolicyDefaults{Pub: []string{"{namespace}*"}}, "wildcard inside token"},
+		{"empty entry", PolicyDefaults{Sub: []string{""}}, "empty subject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.d.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("Validate error = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestValidSubject(t *testing.T) {
+	valid := []string{"a", "a.b.c", "*", ">", "a.*", "a.>", "*.*.>", "_INBOX_ns_sa.>", "$JS.API.>", "ünïcode.ok", "a-b_c~d"}
+	invalid := []string{"", ".", "a.", ".a", "a..b", "a.>.b", ">.a", "a b", "a\tb", "a\nb", "a*", "*a", "a>", "a.b*.c",
+		"a\x00b", "a\x7fb", "\xff", "a\u00a0b", "a\u2003b", strings.Repeat("x", maxSubjectBytes+1)}
+	for _, s := range valid {
+		if err := validSubject(s); err != nil {
+			t.Errorf("validSubject(%q) = %v, want nil", s, err)
+		}
+		if !server.IsValidSubject(s) {
+			t.Errorf("nats-server rejects %q that validSubject accepts", s)
+		}
+	}
+	for _, s := range invalid {
+		if err := validSubject(s); err == nil {
+			t.Errorf("validSubject(%q) = nil, want an error", s)
+		}
+	}
+}
+
+func TestInboxPrefix(t *testing.T) {
+	tests := []struct{ ns, name, want string }{
+		{"team-a", "app", "_INBOX_team-a_app"},
+		{"team-a", "app.v2.canary", "_INBOX_team-a_app_v2_canary"},
+		{"a", "b-c", "_INBOX_a_b-c"},
+	}
+	for _, tt := range tests {
+		if got := InboxPrefix(tt.ns, tt.name); got != tt.want {
+			t.Errorf("InboxPrefix(%q, %q) = %q, want %q", tt.ns, tt.name, got, tt.want)
+		}
+	}
+	// Namespaces carry no '_' or '.', so distinct ServiceAccounts never share an inbox, and
+	// nobody's default inbox is below another's.
+	ids := [][2]string{{"a", "b-c"}, {"a-b", "c"}, {"a", "b.c"}, {"a", "b"}, {"ab", "c"}}
+	for i, x := range ids {
+		for j, y := range ids {
+			px, py := InboxPrefix(x[0], x[1]), InboxPrefix(y[0], y[1])
+			if i != j && (px == py || server.SubjectMatchesFilter(px+".x", py+".>")) {
+				t.Errorf("inbox of %v (%s) overlaps that of %v (%s)", x, px, y, py)
+			}
+		}
+	}
+}
+
+func TestReason(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{errors.New("other"), ""},
+		{ErrNotSynced, ""},
+		{ErrNoToken, "no_token"},
+		{fmt.Errorf("wrapped: %w", ErrMalformedToken), "malformed_token"},
+		{fmt.Errorf("x: %w", ErrBadSignature), "bad_signature"},
+		{ErrExpired, "expired"},
+		{ErrNotYetValid, "not_yet_valid"},
+		{ErrWrongIssuer, "wrong_issuer"},
+		{ErrWrongAudience, "wrong_audience"},
+		{ErrBadClaims, "bad_claims"},
+		{ErrServiceAccountNotFound, "serviceaccount_not_found"},
+		{ErrServiceAccountDeleting, "serviceaccount_deleting"},
+		{ErrUIDMismatch, "serviceaccount_uid_mismatch"},
+		{fmt.Errorf("%w: x", ErrInvalidPolicy), "invalid_policy"},
+	}
+	for _, tt := range tests {
+		if got := Reason(tt.err); got != tt.want {
+			t.Errorf("Reason(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}
+
+// FuzzParsePolicy checks the parser's safety properties on arbitrary annotation values: it
+// never panics; every subject it returns is valid for nats-server; an invalid deny entry
+// always fails the policy and no deny entry is ever dropped; allow lists hold nothing but the
+// defaults and annotation entries.
+func FuzzParsePolicy(f *testing.F) {
+	f.Add("orders.>, metrics.*", "events.>", "admin.>", "secrets.*", "false", "app")
+	f.Add("a..b,,", " > ", "x.>.y", "", "maybe", "builder.v2")
+	f.Add("\x00", "*,>", "a b", "ok", "TRUE", "-bad-")
+	f.Add("foo*", "\u00a0", "", "", "", "a")
+	f.Fuzz(func(t *testing.T, pubAllow, subAllow, pubDeny, subDeny, responses, name string) {
+		annotations := map[string]string{
+			AnnotationAllowedPub:     pubAllow,
+			AnnotationAllowedSub:     subAllow,
+			AnnotationDeniedPub:      pubDeny,
+			AnnotationDeniedSub:      subDeny,
+			AnnotationAllowResponses: responses,
+		}
+		d := DefaultPolicyDefaults()
+		p, err := ParsePolicy(d, "team-a", name, annotations)
+
+		denyInvalid := false
+		for _, v := range []string{pubDeny, subDeny} {
+			for e := range strings.SplitSeq(v, ",") {
+				if e = strings.TrimSpace(e); e != "" && !server.IsValidSubject(e) {
+					denyInvalid = true
+				}
+			}
+		}
+		if denyInvalid && err == nil {
+			t.Fatalf("invalid deny entry in %q / %q accepted: %+v", pubDeny, subDeny, p)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrInvalidPolicy) {
+				t.Fatalf("error %v does not wrap ErrInvalidPolicy", err)
+			}
+			return
+		}
+
+		perms := p.Permissions
+		for _, list := range [][]string{perms.PubAllow, perms.PubDeny, perms.SubAllow, perms.SubDeny} {
+			for _, s := range list {
+				if !server.IsValidSubject(s) || validSubject(s) != nil {
+					t.Fatalf("invalid subject %q in %+v", s, perms)
+				}
+			}
+		}
+		for _, c := range []struct {
+			allow     []string
+			templates []string
+			annotated string
+		}{{perms.PubAllow, d.Pub, pubAllow}, {perms.SubAllow, d.Sub, subAllow}} {
+			origin := map[string]bool{}
+			for _, tmpl := range c.templates {
+				s, err := render(tmpl, "team-a", name)
+				if err != nil {
+					t.Fatalf("default %q does not render: %v", tmpl, err)
+				}
+				origin[s] = true
+			}
+			for e := range strings.SplitSeq(c.annotated, ",") {
+				origin[strings.TrimSpace(e)] = true
+			}
+			for _, s := range c.allow {
+				if !origin[s] {
+					t.Fatalf("allow entry %q comes from neither defaults nor annotations", s)
+				}
+			}
+			if len(c.allow) == 0 {
+				t.Fatalf("empty allow list despite defaults: %+v", perms)
+			}
+		}
+		for _, c := range []struct {
+			deny      []string
+			annotated string
+		}{{perms.PubDeny, pubDeny}, {perms.SubDeny, subDeny}} {
+			for e := range strings.SplitSeq(c.annotated, ",") {
+				if e = strings.TrimSpace(e); e != "" && !slices.Contains(c.deny, e) {
+					t.Fatalf("deny entry %q dropped: %+v", e, perms)
+				}
+			}
+		}
+		if perms.AllowResponses {
+			if v := strings.TrimSpace(responses); !slices.Contains([]string{"1", "t", "T", "TRUE", "true", "True"}, v) {
+				t.Fatalf("responses allowed with allow-responses %q", responses)
+			}
+		}
+	})
+}
+
+func BenchmarkParsePolicy(b *testing.B) {
+	annotations := map[string]string{
+		AnnotationAllowedPub:                               "orders.created, orders.updated, metrics.*.cpu, team-b.requests.>",
+		AnnotationAllowedSub:                               "events.>, team-b.replies.*",
+		AnnotationDeniedPub:                                "team-a.admin.>",
+		AnnotationAllowResponses:                           "true",
+		"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 512),
+	}
+	d := DefaultPolicyDefaults()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParsePolicy(d, "team-a", "app", annotations); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestParsePolicyLargeAnnotations(t *testing.T) {
+	var allow, bad []string
+	for i := range 20000 {
+		allow = append(allow, fmt.Sprintf("svc.%d.>", i%10000)) // every entry twice
+	}
+	for i := range 25 {
+		bad = append(bad, fmt.Sprintf("bad..%d", i))
+	}
+	p, err := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+		AnnotationAllowedPub: strings.Join(allow, ","),
+		AnnotationAllowedSub: strings.Join(bad, ","),
+	})
+	if err != nil {
+		t.Fatalf("ParsePolicy: %v", err)
+	}
+	if got, want := len(p.Permissions.PubAllow), 1+10000; got != want {
+		t.Errorf("len(PubAllow) = %d, want %d (deduplicated)", got, want)
+	}
+	if got, want := len(p.Warnings), maxWarnings+1; got != want {
+		t.Fatalf("len(Warnings) = %d, want %d", got, want)
+	}
+	if got, want := p.Warnings[maxWarnings], "15 more warnings"; got != want {
+		t.Errorf("last warning = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,256 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func serviceAccount(ns, name, uid string, annotations map[string]string) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations,
+	}}
+}
+
+// startStore runs a Store over client until the test ends and waits for its cache to sync.
+func startStore(t *testing.T, client kubernetes.Interface, cfg StoreConfig) (*Store, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	s, err := NewStore(client, cfg)
+	if err != nil {
+		t.Fatalf("NewStore: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	waitFor(t, "informer sync", 10*time.Second, s.HasSynced)
+	waitFor(t, "synced gauge", 10*time.Second, func() bool {
+		return metricValue(t, reg, "nats_callout_informer_synced") == 1
+	})
+	return s, reg
+}
+
+func TestStorePolicy(t *testing.T) {
+	deleting := serviceAccount("team-a", "leaving", "uid-leaving", nil)
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	deleting.Finalizers = []string{"example.com/hold"}
+	client := fake.NewClientset(
+		serviceAccount("team-a", "app", "uid-app", map[string]string{AnnotationAllowedPub: "orders.>"}),
+		serviceAccount("team-a", "broken", "uid-broken", map[string]string{AnnotationDeniedSub: "a..b"}),
+		deleting,
+		serviceAccount("team-b", "app", "uid-b-app", nil),
+	)
+	s, _ := startStore(t, client, StoreConfig{})
+
+	tests := []struct {
+		name     string
+		id       Identity
+		wantErr  error
+		wantPubs []string
+	}{
+		{"found", Identity{Namespace: "team-a", Name: "app", UID: "uid-app"}, nil, []string{"team-a.>", "orders.>"}},
+		{"same name in another namespace", Identity{Namespace: "team-b", Name: "app", UID: "uid-b-app"}, nil, []string{"team-b.>"}},
+		{"missing", Identity{Namespace: "team-a", Name: "ghost", UID: "uid-ghost"}, ErrServiceAccountNotFound, nil},
+		{"missing namespace", Identity{Namespace: "team-z", Name: "app", UID: "uid-app"}, ErrServiceAccountNotFound, nil},
+		{"being deleted", Identity{Namespace: "team-a", Name: "leaving", UID: "uid-leaving"}, ErrServiceAccountDeleting, nil},
+		{"uid mismatch", Identity{Namespace: "team-a", Name: "app", UID: "uid-old"}, ErrUIDMismatch, nil},
+		{"uid empty", Identity{Namespace: "team-a", Name: "app"}, ErrUIDMismatch, nil},
+		{"another namespace's uid", Identity{Namespace: "team-a", Name: "app", UID: "uid-b-app"}, ErrUIDMismatch, nil},
+		{"invalid deny annotation", Identity{Namespace: "team-a", Name: "broken", UID: "uid-broken"}, ErrInvalidPolicy, nil},
+		{"empty identity", Identity{}, ErrServiceAccountNotFound, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := s.Policy(tt.id)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Policy error = %v, want %v", err, tt.wantErr)
+			}
+			if got := p.Permissions.PubAllow; !slices.Equal(got, tt.wantPubs) {
+				t.Errorf("PubAllow = %q, want %q", got, tt.wantPubs)
+			}
+		})
+	}
+}
+
+func TestStoreFollowsChanges(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(serviceAccount("team-a", "app", "uid-1", nil))
+	s, reg := startStore(t, client, StoreConfig{})
+	sas := client.CoreV1().ServiceAccounts("team-a")
+	id := Identity{Namespace: "team-a", Name: "app", UID: "uid-1"}
+	policyHas := func(id Identity, subject string) func() bool {
+		return func() bool {
+			p, err := s.Policy(id)
+			return err == nil && slices.Contains(p.Permissions.SubAllow, subject)
+		}
+	}
+	policyErr := func(id Identity, want error) func() bool {
+		return func() bool {
+			_, err := s.Policy(id)
+			return errors.Is(err, want)
+		}
+	}
+	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 1 {
+		t.Errorf("nats_callout_serviceaccounts = %v, want 1", got)
+	}
+
+	// An annotation update reaches the next Policy call.
+	sa, err := sas.Get(ctx, "app", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa = sa.DeepCopy()
+	sa.Annotations = map[string]string{AnnotationAllowedSub: "events.>"}
+	if _, err := sas.Update(ctx, sa, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "annotation update", 10*time.Second, policyHas(id, "events.>"))
+
+	// Deletion starts: refused while the finalizer holds it.
+	sa = sa.DeepCopy()
+	sa.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	sa.Finalizers = []string{"example.com/hold"}
+	if _, err := sas.Update(ctx, sa, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "deletion timestamp", 10*time.Second, policyErr(id, ErrServiceAccountDeleting))
+
+	// Deleted: not found, and the gauge follows.
+	if err := sas.Delete(ctx, "app", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "deletion", 10*time.Second, policyErr(id, ErrServiceAccountNotFound))
+	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 0 {
+		t.Errorf("nats_callout_serviceaccounts after delete = %v, want 0", got)
+	}
+
+	// Recreated under the same name: tokens of the old one are refused, new ones accepted.
+	if _, err := sas.Create(ctx, serviceAccount("team-a", "app", "uid-2", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "recreation", 10*time.Second, policyErr(id, ErrUIDMismatch))
+	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-2"}); err != nil {
+		t.Errorf("Policy for the recreated ServiceAccount: %v", err)
+	}
+	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 1 {
+		t.Errorf("nats_callout_serviceaccounts after recreate = %v, want 1", got)
+	}
+}
+
+func TestStoreNamespaceLimited(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(
+		serviceAccount("team-a", "app", "uid-a", nil),
+		serviceAccount("team-b", "app", "uid-b", nil),
+		serviceAccount("team-c", "app", "uid-c", nil),
+	)
+	s, reg := startStore(t, client, StoreConfig{Namespaces: []string{"team-c", "team-a", "team-a"}})
+
+	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
+		t.Errorf("Policy in a watched namespace: %v", err)
+	}
+	if _, err := s.Policy(Identity{Namespace: "team-c", Name: "app", UID: "uid-c"}); err != nil {
+		t.Errorf("Policy in a watched namespace: %v", err)
+	}
+	_, err := s.Policy(Identity{Namespace: "team-b", Name: "app", UID: "uid-b"})
+	if !errors.Is(err, ErrServiceAccountNotFound) || !strings.Contains(err.Error(), "not watched") {
+		t.Errorf("Policy in an unwatched namespace: %v, want %v (not watched)", err, ErrServiceAccountNotFound)
+	}
+
+	// Changes elsewhere are not even seen; changes in a watched namespace are.
+	if _, err := client.CoreV1().ServiceAccounts("team-b").Create(ctx, serviceAccount("team-b", "new", "uid-bn", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ServiceAccounts("team-a").Create(ctx, serviceAccount("team-a", "new", "uid-an", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "new ServiceAccount in team-a", 10*time.Second, func() bool {
+		_, err := s.Policy(Identity{Namespace: "team-a", Name: "new", UID: "uid-an"})
+		return err == nil
+	})
+	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 3 {
+		t.Errorf("nats_callout_serviceaccounts = %v, want 3 (team-a and team-c only)", got)
+	}
+}
+
+func TestStoreNotSyncedAndLifecycle(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := NewStore(fake.NewClientset(serviceAccount("team-a", "app", "uid-a", nil)), StoreConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.HasSynced() {
+		t.Error("HasSynced before Run")
+	}
+	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); !errors.Is(err, ErrNotSynced) || Reason(err) != "" {
+		t.Errorf("Policy before sync: %v (reason %q), want %v with no reason", err, Reason(err), ErrNotSynced)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, "informer sync", 10*time.Second, s.HasSynced)
+	if err := s.Run(ctx); err == nil {
+		t.Error("second Run succeeded, want an error")
+	}
+	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
+		t.Errorf("Policy after sync: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if got := metricValue(t, reg, "nats_callout_informer_synced"); got != 0 {
+		t.Errorf("nats_callout_informer_synced after Run = %v, want 0", got)
+	}
+}
+
+func TestNewStoreConfig(t *testing.T) {
+	client := fake.NewClientset()
+	tests := []struct {
+		name    string
+		client  kubernetes.Interface
+		cfg     StoreConfig
+		wantErr string
+	}{
+		{"no client", nil, StoreConfig{}, "client is required"},
+		{"bad namespace", client, StoreConfig{Namespaces: []string{"Team_A"}}, `namespace "Team_A"`},
+		{"empty namespace", client, StoreConfig{Namespaces: []string{""}}, `namespace ""`},
+		{"bad template", client, StoreConfig{Defaults: PolicyDefaults{Pub: []string{"{namespace}..x"}}}, "default publish subject"},
+		{"negative resync", client, StoreConfig{ResyncPeriod: -time.Second}, "negative resync"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := NewStore(tt.client, tt.cfg); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("NewStore error = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -1,0 +1,321 @@
+package kube
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/MicahParks/keyfunc/v3"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Defaults for VerifierConfig.
+const (
+	// DefaultLeeway absorbs clock skew between the API server and this service.
+	DefaultLeeway = 30 * time.Second
+	// DefaultRefreshInterval is how often the JWKS is re-fetched when all is well.
+	DefaultRefreshInterval = time.Hour
+	// DefaultUnknownKIDRefreshInterval is the least time between two JWKS refreshes caused by
+	// tokens with an unknown kid, so that forged kids cannot hammer the API server.
+	DefaultUnknownKIDRefreshInterval = time.Minute
+)
+
+const (
+	// fetchTimeout bounds one JWKS request.
+	fetchTimeout = 10 * time.Second
+	// retryMin and retryMax bound the backoff after a failed JWKS refresh.
+	retryMin = time.Second
+	retryMax = 30 * time.Second
+	// maxTokenBytes rejects absurd tokens before any parsing; real ones are 1-2 KiB.
+	maxTokenBytes = 16 << 10
+	// usernamePrefix starts the sub of every ServiceAccount token.
+	usernamePrefix = "system:serviceaccount:"
+)
+
+// validMethods are the signing algorithms accepted: asymmetric only, never none or HS*, so a
+// public key can never be (ab)used as an HMAC secret.
+var validMethods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+
+// Identity is the verified subject of a ServiceAccount token.
+type Identity struct {
+	Namespace string
+	Name      string
+	UID       string
+	// Expiry is the token's exp. With the verifier's leeway it can lie up to Leeway in the past.
+	Expiry time.Time
+	// PodName and PodUID name the pod the token is bound to, when it is (projected tokens are).
+	PodName string
+	PodUID  string
+}
+
+// Username returns the Kubernetes user name of the ServiceAccount,
+// "system:serviceaccount:<namespace>:<name>".
+func (i Identity) Username() string {
+	return usernamePrefix + i.Namespace + ":" + i.Name
+}
+
+// ObjectRef names a Kubernetes object inside the kubernetes.io claim.
+type ObjectRef struct {
+	Name string `json:"name,omitempty"`
+	UID  string `json:"uid,omitempty"`
+}
+
+// KubernetesClaims is the private kubernetes.io claim of a ServiceAccount token.
+type KubernetesClaims struct {
+	Namespace      string     `json:"namespace,omitempty"`
+	ServiceAccount *ObjectRef `json:"serviceaccount,omitempty"`
+	Pod            *ObjectRef `json:"pod,omitempty"`
+	Node           *ObjectRef `json:"node,omitempty"`
+	// WarnAfter is set by the API server on extended-lifetime tokens.
+	WarnAfter *jwt.NumericDate `json:"warnafter,omitempty"`
+}
+
+// ServiceAccountClaims is the claim set of a Kubernetes ServiceAccount token, as minted by the
+// TokenRequest API.
+type ServiceAccountClaims struct {
+	jwt.RegisteredClaims
+	Kubernetes *KubernetesClaims `json:"kubernetes.io,omitempty"`
+}
+
+// VerifierConfig configures a Verifier.
+type VerifierConfig struct {
+	// JWKSURL is where the signing keys are published (required), e.g.
+	// https://kubernetes.default.svc/openid/v1/jwks.
+	JWKSURL string
+	// HTTPClient fetches the JWKS. Give it the API server's CA and credentials when the JWKS is
+	// served by the API server (rest.HTTPClientFor does). Nil means a plain client; each fetch is
+	// bounded by a 10 s timeout either way.
+	HTTPClient *http.Client
+	// Issuer must equal the token's iss exactly (required).
+	Issuer string
+	// Audience must be one of the token's aud values (required).
+	Audience string
+	// Leeway tolerates clock skew on exp, nbf and iat. Zero means DefaultLeeway.
+	Leeway time.Duration
+	// RefreshInterval is how often the JWKS is re-fetched after a success. Zero means
+	// DefaultRefreshInterval. After a failure it is retried sooner, with backoff from 1 s up to
+	// 30 s (or RefreshInterval if shorter).
+	RefreshInterval time.Duration
+	// UnknownKIDRefreshInterval is the least time between refreshes triggered by a token whose
+	// kid is not in the set. Zero means DefaultUnknownKIDRefreshInterval.
+	UnknownKIDRefreshInterval time.Duration
+	// Logger receives refresh failures. Nil discards.
+	Logger *slog.Logger
+	// Registerer receives nats_callout_jwks_keys and nats_callout_jwks_refresh_errors_total.
+	// Nil leaves the metrics unregistered.
+	Registerer prometheus.Registerer
+}
+
+// Verifier checks ServiceAccount tokens against the cluster's JWKS. It is safe for concurrent use.
+type Verifier struct {
+	keys            *keySet
+	keyfunc         keyfunc.Keyfunc
+	parser          *jwt.Parser
+	issuer          string
+	audience        string
+	refreshInterval time.Duration
+	done            chan struct{}
+}
+
+// NewVerifier validates the config and starts background JWKS refresh owned by ctx. It does not
+// wait for the first fetch and does not fail when the JWKS is unreachable (a sidecar may start
+// before the API server answers): it keeps retrying, and KeyCount reports 0 until keys arrive.
+func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
+	u, err := url.Parse(cfg.JWKSURL)
+	switch {
+	case cfg.JWKSURL == "":
+		return nil, errors.New("kube: JWKS URL is required")
+	case err != nil:
+		return nil, fmt.Errorf("kube: JWKS URL: %w", err)
+	case u.Scheme != "https" && u.Scheme != "http", u.Host == "":
+		return nil, fmt.Errorf("kube: JWKS URL %q: want an absolute http(s) URL", cfg.JWKSURL)
+	case cfg.Issuer == "":
+		return nil, errors.New("kube: token issuer is required")
+	case cfg.Audience == "":
+		return nil, errors.New("kube: token audience is required")
+	case cfg.Leeway < 0:
+		return nil, fmt.Errorf("kube: negative leeway %s", cfg.Leeway)
+	case cfg.RefreshInterval < 0:
+		return nil, fmt.Errorf("kube: negative JWKS refresh interval %s", cfg.RefreshInterval)
+	case cfg.UnknownKIDRefreshInterval < 0:
+		return nil, fmt.Errorf("kube: negative unknown-kid refresh interval %s", cfg.UnknownKIDRefreshInterval)
+	}
+	leeway := cmp.Or(cfg.Leeway, DefaultLeeway)
+	client := cfg.HTTPClient
+	if client == nil {
+		client = &http.Client{Timeout: fetchTimeout}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	factory := promauto.With(cfg.Registerer)
+	keys := &keySet{
+		MemoryJWKSet: jwkset.NewMemoryStorage(),
+		url:          cfg.JWKSURL,
+		client:       client,
+		limiter:      rate.NewLimiter(rate.Every(cmp.Or(cfg.UnknownKIDRefreshInterval, DefaultUnknownKIDRefreshInterval)), 1),
+		log:          logger,
+		keys: factory.NewGauge(prometheus.GaugeOpts{
+			Name: "nats_callout_jwks_keys",
+			Help: "Signing keys currently loaded from the JWKS.",
+		}),
+		errors: factory.NewCounter(prometheus.CounterOpts{
+			Name: "nats_callout_jwks_refresh_errors_total",
+			Help: "Failed JWKS fetches (background and unknown-kid refreshes).",
+		}),
+	}
+	kf, err := keyfunc.New(keyfunc.Options{Ctx: ctx, Storage: keys})
+	if err != nil {
+		return nil, fmt.Errorf("kube: keyfunc: %w", err)
+	}
+	v := &Verifier{
+		keys:    keys,
+		keyfunc: kf,
+		parser: jwt.NewParser(
+			jwt.WithValidMethods(validMethods),
+			jwt.WithIssuer(cfg.Issuer),
+			jwt.WithAudience(cfg.Audience),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithLeeway(leeway),
+		),
+		issuer:          cfg.Issuer,
+		audience:        cfg.Audience,
+		refreshInterval: cmp.Or(cfg.RefreshInterval, DefaultRefreshInterval),
+		done:            make(chan struct{}),
+	}
+	go v.refreshLoop(ctx)
+	return v, nil
+}
+
+// KeyCount is the number of signing keys loaded; 0 until the first successful fetch.
+func (v *Verifier) KeyCount() int {
+	return int(v.keys.count.Load())
+}
+
+// Done is closed when the background refresh has stopped, after its context ended.
+func (v *Verifier) Done() <-chan struct{} {
+	return v.done
+}
+
+// refreshLoop fetches the JWKS now, then every refreshInterval; after a failure it retries
+// with jittered exponential backoff so that keys arrive soon after the endpoint does.
+func (v *Verifier) refreshLoop(ctx context.Context) {
+	defer close(v.done)
+	maxWait := min(retryMax, v.refreshInterval)
+	backoff := min(retryMin, maxWait)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		wait := v.refreshInterval
+		if err := v.keys.refresh(ctx, false); err != nil {
+			// Full jitter in [backoff/2, backoff) spreads the retries of many sidecars.
+			wait = backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter needs no cryptographic randomness
+			backoff = min(2*backoff, maxWait)
+		} else {
+			backoff = min(retryMin, maxWait)
+		}
+		timer.Reset(wait)
+	}
+}
+
+// Verify checks token and returns the ServiceAccount it was issued to. Errors wrap one of the
+// package's sentinels (see Reason) or ctx's error; they never contain the token.
+func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return Identity{}, ErrNoToken
+	}
+	if len(token) > maxTokenBytes {
+		return Identity{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedToken, len(token), maxTokenBytes)
+	}
+	var claims ServiceAccountClaims
+	if _, err := v.parser.ParseWithClaims(token, &claims, v.keyfunc.KeyfuncCtx(ctx)); err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return Identity{}, fmt.Errorf("verify token: %w", ctxErr)
+		}
+		return Identity{}, v.classify(err, &claims)
+	}
+	return identityFrom(&claims)
+}
+
+// classify maps a jwt parse error onto one sentinel. Claim errors are joined by the jwt
+// package (a token may be both expired and for another issuer), so the signed claims are
+// inspected to pick the most fundamental one: not ours at all before merely stale.
+func (v *Verifier) classify(err error, c *ServiceAccountClaims) error {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return fmt.Errorf("%w: %w", ErrMalformedToken, err)
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return fmt.Errorf("%w: %w", ErrBadSignature, err)
+	case !errors.Is(err, jwt.ErrTokenInvalidClaims):
+		return fmt.Errorf("%w: %w", ErrMalformedToken, err)
+	}
+	// From here on the signature is valid: the claims are the issuer's.
+	switch {
+	case c.Issuer != v.issuer:
+		return fmt.Errorf("%w: %q", ErrWrongIssuer, c.Issuer)
+	case !slices.Contains(c.Audience, v.audience):
+		return fmt.Errorf("%w: %q", ErrWrongAudience, []string(c.Audience))
+	case c.ExpiresAt == nil:
+		return fmt.Errorf("%w: no exp", ErrBadClaims)
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return fmt.Errorf("%w: exp %s", ErrExpired, c.ExpiresAt.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return fmt.Errorf("%w: %w", ErrNotYetValid, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrBadClaims, err)
+	}
+}
+
+// identityFrom applies the Kubernetes claim rules to verified, current claims.
+func identityFrom(c *ServiceAccountClaims) (Identity, error) {
+	k := c.Kubernetes
+	switch {
+	case k == nil:
+		return Identity{}, fmt.Errorf("%w: no kubernetes.io claim", ErrBadClaims)
+	case k.ServiceAccount == nil:
+		return Identity{}, fmt.Errorf("%w: no kubernetes.io serviceaccount", ErrBadClaims)
+	case k.ServiceAccount.UID == "":
+		return Identity{}, fmt.Errorf("%w: no serviceaccount uid", ErrBadClaims)
+	}
+	ns, name := k.Namespace, k.ServiceAccount.Name
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return Identity{}, fmt.Errorf("%w: namespace %q: %s", ErrBadClaims, ns, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		return Identity{}, fmt.Errorf("%w: serviceaccount name %q: %s", ErrBadClaims, name, strings.Join(errs, "; "))
+	}
+	if want := usernamePrefix + ns + ":" + name; c.Subject != want {
+		return Identity{}, fmt.Errorf("%w: sub %q does not match kubernetes.io (%q)", ErrBadClaims, c.Subject, want)
+	}
+	id := Identity{
+		Namespace: ns,
+		Name:      name,
+		UID:       k.ServiceAccount.UID,
+		Expiry:    c.ExpiresAt.Time,
+	}
+	if k.Pod != nil {
+		id.PodName, id.PodUID = k.Pod.Name, k.Pod.UID
+	}
+	return id, nil
+}

@@ -1,0 +1,720 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+const (
+	testIssuer   = "https://kubernetes.default.svc.cluster.local"
+	testAudience = "nats"
+	testUID      = "6f1c1c4e-7f8a-4b8e-9a65-0d6c8f6f0a11"
+)
+
+// jwksServer is a real HTTP JWKS endpoint serving the keys of a changeable set of issuers.
+type jwksServer struct {
+	*httptest.Server
+	mu      sync.Mutex
+	issuers []*TokenIssuer
+	status  int    // non-zero: answer with this status instead
+	body    []byte // non-nil: answer with this body instead
+	hits    atomic.Int64
+}
+
+func newJWKSServer(t testing.TB, issuers ...*TokenIssuer) *jwksServer {
+	t.Helper()
+	s := &jwksServer{issuers: issuers}
+	s.Server = httptest.NewServer(s)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *jwksServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	s.hits.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status != 0 {
+		http.Error(w, "unavailable", s.status)
+		return
+	}
+	if s.body != nil {
+		_, _ = w.Write(s.body)
+		return
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	for _, iss := range s.issuers {
+		var one struct {
+			Keys []json.RawMessage `json:"keys"`
+		}
+		if err := json.Unmarshal(iss.JWKS(), &one); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		set.Keys = append(set.Keys, one.Keys...)
+	}
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	_ = json.NewEncoder(w).Encode(set)
+}
+
+func (s *jwksServer) serve(issuers ...*TokenIssuer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issuers, s.status, s.body = issuers, 0, nil
+}
+
+func (s *jwksServer) fail(status int, body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status, s.body = status, body
+}
+
+// Test keys are generated once: RSA generation dominates test time otherwise.
+var (
+	issuersOnce sync.Once
+	issuers     [4]*TokenIssuer // [0..2] RSA, [3] ECDSA
+)
+
+func testIssuers(t testing.TB) [4]*TokenIssuer {
+	t.Helper()
+	issuersOnce.Do(func() {
+		for i := range 3 {
+			iss, err := NewTokenIssuer(testIssuer)
+			if err != nil {
+				panic(err)
+			}
+			issuers[i] = iss
+		}
+		iss, err := NewECDSATokenIssuer(testIssuer)
+		if err != nil {
+			panic(err)
+		}
+		issuers[3] = iss
+	})
+	return issuers
+}
+
+type verifierOpt func(*VerifierConfig)
+
+// newTestVerifier starts a Verifier against url and stops it at cleanup.
+func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*Verifier, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := VerifierConfig{
+		JWKSURL:    url,
+		Issuer:     testIssuer,
+		Audience:   testAudience,
+		Registerer: reg,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	v, err := NewVerifier(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("NewVerifier: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-v.Done():
+		case <-time.After(10 * time.Second):
+			t.Error("verifier refresh loop did not stop")
+		}
+	})
+	return v, reg
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitKeys(t testing.TB, v *Verifier, n int) {
+	t.Helper()
+	waitFor(t, "JWKS keys", 10*time.Second, func() bool { return v.KeyCount() == n })
+}
+
+// metricValue returns the value of an unlabelled gauge or counter in reg.
+func metricValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		switch mf.GetType() {
+		case dto.MetricType_GAUGE:
+			return m.GetGauge().GetValue()
+		case dto.MetricType_COUNTER:
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+func mustToken(t testing.TB, iss *TokenIssuer, ns, name, uid string) string {
+	t.Helper()
+	tok, err := iss.ServiceAccountToken(ns, name, uid, []string{"https://kubernetes.default.svc", testAudience}, time.Hour)
+	if err != nil {
+		t.Fatalf("ServiceAccountToken: %v", err)
+	}
+	return tok
+}
+
+func mustSign(t testing.TB, iss *TokenIssuer, c jwt.Claims) string {
+	t.Helper()
+	tok, err := iss.Sign(c)
+	if err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+	return tok
+}
+
+func TestVerifyAccepts(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0], is[3])
+	v, _ := newTestVerifier(t, srv.URL)
+	waitKeys(t, v, 2)
+
+	podBound := is[0].Claims("team-a", "builder.v2", testUID, []string{testAudience}, time.Hour)
+	podBound.Kubernetes.Pod = &ObjectRef{Name: "builder-7d9f", UID: "pod-uid-1"}
+	podBound.Kubernetes.Node = &ObjectRef{Name: "node-1", UID: "node-uid-1"}
+
+	noKid := jwt.NewWithClaims(jwt.SigningMethodRS256, is[0].Claims("team-a", "app", testUID, []string{testAudience}, time.Hour))
+	noKidToken, err := noKid.SignedString(is[0].key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name  string
+		token string
+		want  Identity
+	}{
+		{"RS256", mustToken(t, is[0], "team-a", "app", testUID), Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+		{"ES256", mustToken(t, is[3], "team-b", "worker", testUID), Identity{Namespace: "team-b", Name: "worker", UID: testUID}},
+		{"pod bound", mustSign(t, is[0], podBound), Identity{Namespace: "team-a", Name: "builder.v2", UID: testUID, PodName: "builder-7d9f", PodUID: "pod-uid-1"}},
+		{"surrounding whitespace", " \n" + mustToken(t, is[0], "team-a", "app", testUID) + "\n", Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+		// keyfunc tries every published key when the header names none.
+		{"no kid", noKidToken, Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := v.Verify(context.Background(), tt.token)
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if time.Until(got.Expiry) < 59*time.Minute || time.Until(got.Expiry) > time.Hour {
+				t.Errorf("Expiry = %s, want about an hour from now", got.Expiry)
+			}
+			got.Expiry = time.Time{}
+			if got != tt.want {
+				t.Errorf("Verify = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	if got, want := (Identity{Namespace: "ns", Name: "sa"}).Username(), "system:serviceaccount:ns:sa"; got != want {
+		t.Errorf("Username = %q, want %q", got, want)
+	}
+}
+
+func TestVerifyRejectsHostileTokens(t *testing.T) {
+	is := testIssuers(t)
+	good, stranger := is[0], is[1]
+	srv := newJWKSServer(t, good)
+	// A long unknown-kid interval: only the first unknown kid may trigger a fetch.
+	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	waitKeys(t, v, 1)
+
+	claims := func(mod func(c *ServiceAccountClaims)) *ServiceAccountClaims {
+		c := good.Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
+		mod(c)
+		return c
+	}
+	now := time.Now()
+
+	pubDER, err := x509.MarshalPKIXPublicKey(good.key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+	hs256 := func(secret []byte) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(*ServiceAccountClaims) {}))
+		tok.Header["kid"] = good.KeyID()
+		s, err := tok.SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	none := jwt.NewWithClaims(jwt.SigningMethodNone, claims(func(*ServiceAccountClaims) {}))
+	none.Header["kid"] = good.KeyID()
+	noneToken, err := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Tampered: a valid token whose payload is swapped for one naming another namespace.
+	valid := mustToken(t, good, "team-a", "app", testUID)
+	parts := strings.Split(valid, ".")
+	forged, err := json.Marshal(claims(func(c *ServiceAccountClaims) {
+		c.Subject = "system:serviceaccount:kube-system:admin"
+		c.Kubernetes.Namespace, c.Kubernetes.ServiceAccount.Name = "kube-system", "admin"
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forged) + "." + parts[2]
+
+	// Wrong kid: signed by the published key but naming the stranger's kid.
+	wrongKid := jwt.NewWithClaims(jwt.SigningMethodRS256, claims(func(*ServiceAccountClaims) {}))
+	wrongKid.Header["kid"] = stranger.KeyID()
+	wrongKidToken, err := wrongKid.SignedString(good.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name  string
+		token string
+		want  error
+	}{
+		{"missing", "", ErrNoToken},
+		{"blank", " \t\n", ErrNoToken},
+		{"garbage", "not a token", ErrMalformedToken},
+		{"bad base64", "a.b.c", ErrMalformedToken},
+		{"huge", strings.Repeat("a", maxTokenBytes+1), ErrMalformedToken},
+		{"expired", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.IssuedAt, c.NotBefore = jwt.NewNumericDate(now.Add(-2*time.Hour)), jwt.NewNumericDate(now.Add(-2*time.Hour))
+			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
+		})), ErrExpired},
+		{"not yet valid", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.NotBefore = jwt.NewNumericDate(now.Add(time.Hour))
+		})), ErrNotYetValid},
+		{"issued in the future", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.IssuedAt = jwt.NewNumericDate(now.Add(time.Hour))
+		})), ErrNotYetValid},
+		{"wrong issuer", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Issuer = "https://evil.example" })), ErrWrongIssuer},
+		{"no issuer", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Issuer = "" })), ErrWrongIssuer},
+		{"wrong issuer and expired", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Issuer = "https://evil.example"
+			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
+		})), ErrWrongIssuer},
+		{"wrong audience", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Audience = jwt.ClaimStrings{"https://kubernetes.default.svc"}
+		})), ErrWrongAudience},
+		{"no audience", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Audience = nil })), ErrWrongAudience},
+		{"alg none", noneToken, ErrBadSignature},
+		{"HS256 keyed with public key PEM", hs256(pubPEM), ErrBadSignature},
+		{"HS256 keyed with public key DER", hs256(pubDER), ErrBadSignature},
+		{"tampered payload", tampered, ErrBadSignature},
+		{"signature stripped", parts[0] + "." + parts[1] + ".", ErrBadSignature},
+		{"kid of another key", wrongKidToken, ErrBadSignature},
+		{"unknown kid", mustToken(t, stranger, "team-a", "app", testUID), ErrBadSignature},
+		{"missing kubernetes.io", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes = nil })), ErrBadClaims},
+		{"missing serviceaccount", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes.ServiceAccount = nil })), ErrBadClaims},
+		{"missing uid", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes.ServiceAccount.UID = "" })), ErrBadClaims},
+		{"missing namespace", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Kubernetes.Namespace = ""
+			c.Subject = "system:serviceaccount::app"
+		})), ErrBadClaims},
+		{"namespace with wildcard", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Kubernetes.Namespace = "*"
+			c.Subject = "system:serviceaccount:*:app"
+		})), ErrBadClaims},
+		{"sub names another serviceaccount", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Subject = "system:serviceaccount:team-a:admin"
+		})), ErrBadClaims},
+		{"sub names another namespace", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+			c.Subject = "system:serviceaccount:kube-system:app"
+		})), ErrBadClaims},
+		{"no sub", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Subject = "" })), ErrBadClaims},
+		{"no exp", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.ExpiresAt = nil })), ErrBadClaims},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err := v.Verify(context.Background(), tt.token)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Verify error = %v, want %v", err, tt.want)
+			}
+			if id != (Identity{}) {
+				t.Errorf("Verify returned identity %+v with an error", id)
+			}
+			if Reason(err) == "" {
+				t.Errorf("Reason(%v) is empty", err)
+			}
+			if tt.token != "" && len(tt.token) > 20 && strings.Contains(err.Error(), tt.token) {
+				t.Errorf("error message contains the token")
+			}
+		})
+	}
+}
+
+func TestVerifyUnknownKidRefresh(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0])
+	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	waitKeys(t, v, 1)
+	ctx := context.Background()
+
+	// A key rotated into the JWKS is picked up by the first token that uses it.
+	srv.serve(is[0], is[1])
+	before := srv.hits.Load()
+	if _, err := v.Verify(ctx, mustToken(t, is[1], "ns", "sa", testUID)); err != nil {
+		t.Fatalf("Verify with rotated-in key: %v", err)
+	}
+	if got := srv.hits.Load() - before; got != 1 {
+		t.Errorf("JWKS fetched %d times for the new kid, want 1", got)
+	}
+	if got := v.KeyCount(); got != 2 {
+		t.Errorf("KeyCount = %d, want 2", got)
+	}
+
+	// The next unknown kid within the interval is refused without touching the endpoint, even
+	// when many arrive at once and even though the key is there by now.
+	srv.serve(is[0], is[1], is[2])
+	before = srv.hits.Load()
+	tok := mustToken(t, is[2], "ns", "sa", testUID)
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrBadSignature) {
+				t.Errorf("Verify with rate-limited unknown kid: %v, want %v", err, ErrBadSignature)
+			}
+		})
+	}
+	wg.Wait()
+	if got := srv.hits.Load() - before; got != 0 {
+		t.Errorf("JWKS fetched %d times while rate limited, want 0", got)
+	}
+}
+
+func TestVerifyUnknownKidRefreshRecovers(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0])
+	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = 50 * time.Millisecond })
+	waitKeys(t, v, 1)
+	tok := mustToken(t, is[1], "ns", "sa", testUID)
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("Verify before rotation: %v, want %v", err, ErrBadSignature)
+	}
+	srv.serve(is[0], is[1])
+	waitFor(t, "rotated key to verify", 10*time.Second, func() bool {
+		_, err := v.Verify(context.Background(), tok)
+		return err == nil
+	})
+}
+
+func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
+	is := testIssuers(t)
+	tests := []struct {
+		name  string
+		start func(t *testing.T) (url string, recover func())
+	}{
+		{"connection refused", func(t *testing.T) (string, func()) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := l.Addr().String()
+			l.Close()
+			return "http://" + addr + "/openid/v1/jwks", func() {
+				l, err := net.Listen("tcp", addr)
+				if err != nil {
+					t.Skipf("port %s taken meanwhile: %v", addr, err)
+				}
+				srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: is[0].JWKSHandler()}}
+				srv.Start()
+				t.Cleanup(srv.Close)
+			}
+		}},
+		{"HTTP 503", func(t *testing.T) (string, func()) {
+			srv := newJWKSServer(t, is[0])
+			srv.fail(http.StatusServiceUnavailable, nil)
+			return srv.URL, func() { srv.serve(is[0]) }
+		}},
+		{"empty key set", func(t *testing.T) (string, func()) {
+			srv := newJWKSServer(t, is[0])
+			srv.fail(0, []byte(`{"keys":[]}`))
+			return srv.URL, func() { srv.serve(is[0]) }
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url, recover := tt.start(t)
+			v, reg := newTestVerifier(t, url)
+			tok := mustToken(t, is[0], "ns", "sa", testUID)
+			waitFor(t, "a failed refresh", 10*time.Second, func() bool {
+				return metricValue(t, reg, "nats_callout_jwks_refresh_errors_total") > 0
+			})
+			if got := v.KeyCount(); got != 0 {
+				t.Fatalf("KeyCount = %d before the JWKS is reachable, want 0", got)
+			}
+			if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("Verify without keys: %v, want %v", err, ErrBadSignature)
+			}
+			recover()
+			waitKeys(t, v, 1)
+			if _, err := v.Verify(context.Background(), tok); err != nil {
+				t.Fatalf("Verify after the JWKS appeared: %v", err)
+			}
+			if got := metricValue(t, reg, "nats_callout_jwks_keys"); got != 1 {
+				t.Errorf("nats_callout_jwks_keys = %v, want 1", got)
+			}
+		})
+	}
+}
+
+func TestVerifierBackgroundRefresh(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0], is[1])
+	v, reg := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.RefreshInterval = 20 * time.Millisecond })
+	waitKeys(t, v, 2)
+	revoked := mustToken(t, is[1], "ns", "sa", testUID)
+	if _, err := v.Verify(context.Background(), revoked); err != nil {
+		t.Fatalf("Verify before revocation: %v", err)
+	}
+
+	// A broken answer keeps the keys we have and is counted.
+	errs := metricValue(t, reg, "nats_callout_jwks_refresh_errors_total")
+	srv.fail(0, []byte("<html>oops</html>"))
+	waitFor(t, "refresh errors to be counted", 10*time.Second, func() bool {
+		return metricValue(t, reg, "nats_callout_jwks_refresh_errors_total") > errs
+	})
+	if got := v.KeyCount(); got != 2 {
+		t.Errorf("KeyCount after a broken refresh = %d, want 2 (kept)", got)
+	}
+
+	// A key removed from the JWKS stops verifying at the next refresh.
+	srv.serve(is[0])
+	waitKeys(t, v, 1)
+	if _, err := v.Verify(context.Background(), revoked); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("Verify with a revoked key: %v, want %v", err, ErrBadSignature)
+	}
+}
+
+func TestVerifierSkipsUnusableKeys(t *testing.T) {
+	is := testIssuers(t)
+	var rsaKey map[string]any
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(is[0].JWKS(), &set); err != nil {
+		t.Fatal(err)
+	}
+	rsaKey = set.Keys[0]
+	body, err := json.Marshal(map[string]any{"keys": []any{
+		map[string]any{"kty": "oct", "kid": "hmac", "k": base64.RawURLEncoding.EncodeToString([]byte("secret"))},
+		map[string]any{"kty": "RSA", "kid": "enc", "use": "enc", "n": rsaKey["n"], "e": rsaKey["e"]},
+		map[string]any{"kty": "RSA", "kid": "broken", "n": "!!!", "e": "AQAB"},
+		rsaKey,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newJWKSServer(t)
+	srv.fail(0, body)
+	v, _ := newTestVerifier(t, srv.URL)
+	waitKeys(t, v, 1)
+	if _, err := v.Verify(context.Background(), mustToken(t, is[0], "ns", "sa", testUID)); err != nil {
+		t.Errorf("Verify: %v", err)
+	}
+}
+
+func TestVerifyContextCanceled(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0])
+	v, _ := newTestVerifier(t, srv.URL)
+	waitKeys(t, v, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := v.Verify(ctx, mustToken(t, is[1], "ns", "sa", testUID))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Verify with canceled context: %v, want %v", err, context.Canceled)
+	}
+}
+
+func TestNewVerifierConfig(t *testing.T) {
+	ok := VerifierConfig{JWKSURL: "https://kubernetes.default.svc/openid/v1/jwks", Issuer: testIssuer, Audience: testAudience}
+	tests := []struct {
+		name    string
+		mod     func(c *VerifierConfig)
+		wantErr string
+	}{
+		{"valid", func(*VerifierConfig) {}, ""},
+		{"no URL", func(c *VerifierConfig) { c.JWKSURL = "" }, "JWKS URL is required"},
+		{"relative URL", func(c *VerifierConfig) { c.JWKSURL = "/openid/v1/jwks" }, "absolute http(s) URL"},
+		{"file URL", func(c *VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "absolute http(s) URL"},
+		{"no issuer", func(c *VerifierConfig) { c.Issuer = "" }, "issuer is required"},
+		{"no audience", func(c *VerifierConfig) { c.Audience = "" }, "audience is required"},
+		{"negative leeway", func(c *VerifierConfig) { c.Leeway = -time.Second }, "negative leeway"},
+		{"negative refresh", func(c *VerifierConfig) { c.RefreshInterval = -time.Second }, "negative JWKS refresh"},
+		{"negative unknown-kid refresh", func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = -time.Second }, "negative unknown-kid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := ok
+			tt.mod(&cfg)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			v, err := NewVerifier(ctx, cfg)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("NewVerifier: %v", err)
+				}
+				cancel()
+				<-v.Done()
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("NewVerifier error = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestTokenIssuer(t *testing.T) {
+	is := testIssuers(t)
+	if _, err := NewTokenIssuer(""); err == nil {
+		t.Error("NewTokenIssuer(\"\") succeeded, want an error")
+	}
+	if _, err := is[0].ServiceAccountToken("ns", "sa", testUID, []string{testAudience}, 0); err == nil {
+		t.Error("ServiceAccountToken with zero ttl succeeded, want an error")
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(is[0].JWKS(), &set); err != nil {
+		t.Fatalf("JWKS is not JSON: %v", err)
+	}
+	if len(set.Keys) != 1 || set.Keys[0]["kid"] != is[0].KeyID() || set.Keys[0]["alg"] != "RS256" || set.Keys[0]["use"] != "sig" {
+		t.Errorf("JWKS keys = %v, want one RS256 signing key with kid %q", set.Keys, is[0].KeyID())
+	}
+	if _, private := set.Keys[0]["d"]; private {
+		t.Error("JWKS publishes private key material")
+	}
+	rec := httptest.NewRecorder()
+	is[0].JWKSHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openid/v1/jwks", nil))
+	if !bytes.Equal(rec.Body.Bytes(), is[0].JWKS()) {
+		t.Errorf("JWKSHandler body = %s, want %s", rec.Body.Bytes(), is[0].JWKS())
+	}
+
+	// The claim shape matches what the API server mints.
+	tok := mustToken(t, is[0], "team-a", "app", testUID)
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "kubernetes.io"} {
+		if _, ok := claims[k]; !ok {
+			t.Errorf("token lacks claim %q: %s", k, payload)
+		}
+	}
+	want := `{"namespace":"team-a","serviceaccount":{"name":"app","uid":"` + testUID + `"}}`
+	if got, _ := json.Marshal(claims["kubernetes.io"]); string(got) != want {
+		t.Errorf("kubernetes.io = %s, want %s", got, want)
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	is := testIssuers(b)
+	for _, bm := range []struct {
+		name string
+		iss  *TokenIssuer
+	}{{"RS256", is[0]}, {"ES256", is[3]}} {
+		b.Run(bm.name, func(b *testing.B) {
+			srv := newJWKSServer(b, bm.iss)
+			v, _ := newTestVerifier(b, srv.URL)
+			waitKeys(b, v, 1)
+			tok := mustToken(b, bm.iss, "team-a", "app", testUID)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Verify(ctx, tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// syncBuffer is a log sink safe for the refresh goroutine and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestVerifierLogsNoTokens(t *testing.T) {
+	is := testIssuers(t)
+	srv := newJWKSServer(t, is[0])
+	var logs syncBuffer
+	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) {
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	waitKeys(t, v, 1)
+	srv.fail(http.StatusServiceUnavailable, nil)
+	tokens := []string{mustToken(t, is[0], "ns", "sa", testUID), mustToken(t, is[1], "ns", "sa", testUID)}
+	for _, tok := range tokens {
+		_, _ = v.Verify(context.Background(), tok)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "JWKS loaded") || !strings.Contains(out, "JWKS refresh failed") {
+		t.Errorf("logs lack the load and failure lines:\n%s", out)
+	}
+	for _, tok := range tokens {
+		for _, part := range strings.Split(tok, ".") {
+			if strings.Contains(out, part) {
+				t.Fatalf("logs contain part of a token:\n%s", out)
+			}
+		}
+	}
+}
