@@ -41,7 +41,7 @@ type keys struct {
 	xkey    nkeys.KeyPair // auth_callout.xkey (X...), optional
 }
 
-func newKeys(t *testing.T, encrypted bool) keys {
+func newKeys(t testing.TB, encrypted bool) keys {
 	t.Helper()
 	var k keys
 	var err error
@@ -59,7 +59,7 @@ func newKeys(t *testing.T, encrypted bool) keys {
 	return k
 }
 
-func pub(t *testing.T, kp nkeys.KeyPair) string {
+func pub(t testing.TB, kp nkeys.KeyPair) string {
 	t.Helper()
 	p, err := kp.PublicKey()
 	if err != nil {
@@ -68,7 +68,7 @@ func pub(t *testing.T, kp nkeys.KeyPair) string {
 	return p
 }
 
-func seed(t *testing.T, kp nkeys.KeyPair) []byte {
+func seed(t testing.TB, kp nkeys.KeyPair) []byte {
 	t.Helper()
 	s, err := kp.Seed()
 	if err != nil {
@@ -282,7 +282,7 @@ func (e *env) admin() *nats.Conn {
 	return nc
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {

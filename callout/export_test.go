@@ -1,0 +1,27 @@
+package callout
+
+import (
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ActiveConn returns the connection the service answers on, so that a test can break it.
+func (s *Service) ActiveConn() *nats.Conn {
+	if sess := s.active.Load(); sess != nil {
+		return sess.nc
+	}
+	return nil
+}
+
+// ActiveUser returns the nkey the active connection logs in with.
+func (s *Service) ActiveUser() string {
+	if sess := s.active.Load(); sess != nil {
+		return sess.pub
+	}
+	return ""
+}
+
+// SetDownReport sets how long a connection must be down before it is reported; call it
+// before Run.
+func (s *Service) SetDownReport(d time.Duration) { s.downReport = d }
