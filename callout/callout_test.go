@@ -28,6 +28,8 @@ func modes(t *testing.T, fn func(t *testing.T, e *env)) {
 	}{
 		{"plain", envOptions{}},
 		{"encrypted", envOptions{encrypted: true}},
+		{"operator", envOptions{operator: true}},
+		{"operator encrypted", envOptions{operator: true, encrypted: true}},
 	} {
 		t.Run(m.name, func(t *testing.T) { fn(t, newEnv(t, m.o)) })
 	}
@@ -414,9 +416,10 @@ func b64Decode(t *testing.T, s string) string {
 }
 
 func TestForgedRequestGetsNoReply(t *testing.T) {
-	for _, encrypted := range []bool{false, true} {
-		t.Run(fmt.Sprintf("encrypted=%v", encrypted), func(t *testing.T) {
-			e := newEnv(t, envOptions{encrypted: encrypted})
+	for _, o := range []envOptions{{}, {encrypted: true}, {operator: true}, {operator: true, encrypted: true}} {
+		encrypted := o.encrypted
+		t.Run(fmt.Sprintf("encrypted=%v operator=%v", o.encrypted, o.operator), func(t *testing.T) {
+			e := newEnv(t, o)
 			token, _ := e.serviceAccount("ns", "app", nil)
 			serverKP, _ := nkeys.CreateServer()
 			serverX, _ := nkeys.CreateCurveKeys()

@@ -74,12 +74,17 @@ type PolicySource interface {
 type HandlerConfig struct {
 	Verifier TokenVerifier
 	Policies PolicySource
-	// SigningKeys returns the current issuer account keys (required).
+	// SigningKeys returns the current keys that sign responses (required). In server-config mode
+	// they are the auth_callout.issuer account keys and sign the user JWTs too; in operator mode
+	// they are the callout account's own key or one of its signing keys.
 	SigningKeys func() *KeyRing
 	// XKey returns the current curve key, or nil when callouts are not encrypted.
 	XKey func() *XKey
-	// Account is the target account written as the user JWT audience (server-config mode).
+	// Account is the target account users are placed in: its name, written as the user JWT
+	// audience, in server-config mode; its public key (A...) in operator mode.
 	Account string
+	// Operator, if set, switches to operator (decentralized JWT) mode.
+	Operator *OperatorConfig
 	// MaxTTL caps the user JWT lifetime below the token's own expiry; 0 means no cap.
 	MaxTTL time.Duration
 	// Ready, if set, is consulted first: while it returns an error the request is dropped
@@ -116,6 +121,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		return nil, errors.New("callout: a target account is required")
 	case cfg.MaxTTL < 0:
 		return nil, errors.New("callout: the maximum user JWT lifetime must not be negative")
+	}
+	if err := cfg.Operator.validate(cfg.Account); err != nil {
+		return nil, err
 	}
 	if cfg.XKey == nil {
 		cfg.XKey = func() *XKey { return nil }
@@ -200,17 +208,18 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 		return drop(ReasonBadRequest, err)
 	}
 
-	keys := h.cfg.SigningKeys()
-	signer, ok := keys.Key(req.Subject)
+	signer, issuerAccount, ok := h.responseSigner(req.Subject)
 	if !ok {
-		h.noteUnknownIssuer(req.Subject, keys.PublicKeys())
+		have := h.heldIssuers()
+		h.noteUnknownIssuer(req.Subject, have)
 		return drop(ReasonUnknownIssuer, fmt.Errorf("%w: server %q expects issuer %s, the service holds %s",
-			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(keys.PublicKeys(), ",")))
+			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(have, ",")))
 	}
 
 	respond := func(userJWT string, denial error) ([]byte, error) {
 		rc := jwt.NewAuthorizationResponseClaims(req.UserNkey)
 		rc.Audience = req.Server.ID
+		rc.IssuerAccount = issuerAccount
 		if denial != nil {
 			rc.Error = denial.Error()
 		} else {
@@ -251,7 +260,14 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	}
 	d.Warnings = pol.Warnings
 
-	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, signer)
+	userSigner, userIssuerAccount := signer, ""
+	if h.cfg.Operator != nil {
+		// The user lands in the account whose key signs the user JWT.
+		if userSigner, userIssuerAccount, ok = h.cfg.Operator.TargetKeys().signerFor(h.cfg.Account); !ok {
+			return deny(ReasonInternal, errors.New("no target account signing key loaded"))
+		}
+	}
+	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, userSigner, userIssuerAccount)
 	if err != nil {
 		return deny(ReasonInternal, err)
 	}
@@ -290,10 +306,11 @@ func checkRequest(req *jwt.AuthorizationRequestClaims, serverXKey string, now ti
 
 // userJWT builds and signs the user's JWT. Permissions are always explicit: a user JWT without
 // them would get the account's defaults, often everything.
-func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, signer nkeys.KeyPair) (string, error) {
+func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, signer nkeys.KeyPair, issuerAccount string) (string, error) {
 	uc := jwt.NewUserClaims(userNkey)
 	uc.Name = id.Username()
 	uc.Audience = h.cfg.Account
+	uc.IssuerAccount = issuerAccount
 	uc.Tags.Add("namespace:"+id.Namespace, "serviceaccount:"+id.Name)
 	exp := id.Expiry
 	if h.cfg.MaxTTL > 0 {
@@ -332,6 +349,31 @@ func reasonOf(err error) string {
 	return reasonUnclassified
 }
 
+// responseSigner picks the key that signs the response to a request whose `sub` names
+// account. Server-config mode: the key of that account (auth_callout.issuer). Operator mode:
+// account is the callout account, which must be the account of the service's own user; it
+// signs with its own key or, with issuer_account set, one of its signing keys.
+func (h *Handler) responseSigner(account string) (nkeys.KeyPair, string, bool) {
+	keys := h.cfg.SigningKeys()
+	if h.cfg.Operator == nil {
+		kp, ok := keys.Key(account)
+		return kp, "", ok
+	}
+	if account != h.cfg.Operator.CalloutAccount() {
+		return nil, "", false
+	}
+	return keys.signerFor(account)
+}
+
+// heldIssuers names what the service can answer for: the issuer keys in server-config mode,
+// the callout account in operator mode.
+func (h *Handler) heldIssuers() []string {
+	if h.cfg.Operator == nil {
+		return h.cfg.SigningKeys().PublicKeys()
+	}
+	return []string{h.cfg.Operator.CalloutAccount()}
+}
+
 // noteUnknownIssuer remembers the misconfiguration for readiness and logs it at most once a
 // minute per expected issuer.
 func (h *Handler) noteUnknownIssuer(want string, have []string) {
@@ -344,7 +386,12 @@ func (h *Handler) noteUnknownIssuer(want string, have []string) {
 		h.unknownIssuerLogs[want] = now
 	}
 	h.mu.Unlock()
-	if logIt {
+	switch {
+	case !logIt:
+	case h.cfg.Operator != nil:
+		h.log.Error("nats-server sends callout requests for an account the service's own user is not in; NATS_CREDS_FILE must be a user of the callout account",
+			"expected_issuer", want, "held_issuers", have)
+	default:
 		h.log.Error("nats-server expects responses signed by an issuer account key the service does not hold; add its seed to NATS_SIGNING_KEY_FILE or fix auth_callout.issuer",
 			"expected_issuer", want, "held_issuers", have)
 	}
@@ -359,7 +406,7 @@ func (h *Handler) UnknownIssuer(window time.Duration) (string, bool) {
 	if want == "" || h.cfg.Now().Sub(at) > window {
 		return "", false
 	}
-	if _, ok := h.cfg.SigningKeys().Key(want); ok {
+	if _, _, ok := h.responseSigner(want); ok {
 		return "", false
 	}
 	return want, true

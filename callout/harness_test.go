@@ -152,15 +152,23 @@ type env struct {
 	handler *callout.Handler
 	svc     *callout.Service
 	store   *kube.Store
+	// adminAuth is how the admin logs in; nil means the server-config APP user and password.
+	adminAuth nats.Option
 }
 
 type envOptions struct {
 	encrypted bool
 	maxTTL    time.Duration
+	// operator runs nats-server in operator mode (see operator_test.go).
+	operator bool
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
+	if o.operator {
+		e, _ := newOperatorEnv(t, o, operatorVariant{})
+		return e
+	}
 	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: fake.NewClientset(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	e.server, _ = startServer(t, serverConfig(t, -1, e.keys))
 	e.url = e.server.ClientURL()
@@ -271,10 +279,14 @@ func (e *env) connect(token string, opts ...nats.Option) (*nats.Conn, chan error
 	return nc, errs, err
 }
 
-// admin connects as the APP admin, who bypasses the callout.
+// admin connects as an APP user who bypasses the callout (static credentials in operator mode).
 func (e *env) admin() *nats.Conn {
 	e.t.Helper()
-	nc, err := nats.Connect(e.url, nats.UserInfo(adminUser, adminPass))
+	auth := e.adminAuth
+	if auth == nil {
+		auth = nats.UserInfo(adminUser, adminPass)
+	}
+	nc, err := nats.Connect(e.url, auth)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -23,8 +23,9 @@ type KeyRing struct {
 }
 
 // ParseSigningKeys reads one or more account seeds (SA...) from data: bare seeds one per line,
-// decorated nkey blocks, or a mix. Anything that is not an account seed is an error, since the
-// auth callout issuer must be an account key; a file with no seed at all is an error too.
+// decorated nkey blocks, or a mix. Anything that is not an account seed is an error, since
+// responses and user JWTs are signed by account keys (an account's signing keys are account keys
+// too); a file with no seed at all is an error too.
 func ParseSigningKeys(data []byte) (*KeyRing, error) {
 	seeds, err := findSeeds(data)
 	if err != nil {
@@ -40,7 +41,7 @@ func ParseSigningKeys(data []byte) (*KeyRing, error) {
 			return nil, fmt.Errorf("seed %d: %w", i+1, err)
 		}
 		if !nkeys.IsValidPublicAccountKey(pub) {
-			return nil, fmt.Errorf("seed %d is a %s seed (public key %s); the callout issuer must be an account seed (SA...)", i+1, keyKind(pub), pub)
+			return nil, fmt.Errorf("seed %d is a %s seed (public key %s); signing keys are account seeds (SA...)%s", i+1, keyKind(pub), pub, seedHint(pub))
 		}
 		if _, dup := kr.keys[pub]; dup {
 			continue
@@ -66,6 +67,19 @@ func (k *KeyRing) PublicKeys() []string {
 		return nil
 	}
 	return append([]string(nil), k.order...)
+}
+
+// signerFor picks the key that signs on behalf of account: the account's own key if held
+// (issuerAccount is then empty), otherwise the first key, taken to be one of the account's
+// signing keys (issuerAccount is then account, as nats-server requires for a signing key).
+func (k *KeyRing) signerFor(account string) (kp nkeys.KeyPair, issuerAccount string, ok bool) {
+	if k == nil || len(k.order) == 0 {
+		return nil, "", false
+	}
+	if kp, ok := k.keys[account]; ok {
+		return kp, "", true
+	}
+	return k.keys[k.order[0]], account, true
 }
 
 // LogValue shows public keys only.
@@ -112,9 +126,10 @@ func (x *XKey) LogValue() slog.Value { return slog.StringValue(x.PublicKey()) }
 // Credentials are the service's own login to nats-server: an nkey seed and, for operator mode,
 // the user JWT that goes with it.
 type Credentials struct {
-	kp  nkeys.KeyPair
-	pub string
-	jwt string
+	kp      nkeys.KeyPair
+	pub     string
+	jwt     string
+	account string
 }
 
 // ParseCredentials reads a .creds file (user JWT + seed) or a bare user seed (SU...).
@@ -147,6 +162,15 @@ func ParseCredentials(data []byte) (*Credentials, error) {
 			return nil, fmt.Errorf("user JWT is for %s but the seed is for %s", uc.Subject, pub)
 		}
 		c.jwt = tok
+		// A user signed by one of its account's signing keys names the account in
+		// issuer_account; otherwise the account itself is the issuer.
+		c.account = uc.Issuer
+		if uc.IssuerAccount != "" {
+			c.account = uc.IssuerAccount
+		}
+		if !nkeys.IsValidPublicAccountKey(c.account) {
+			return nil, fmt.Errorf("user JWT is issued by %s, not by an account", c.account)
+		}
 	}
 	return c, nil
 }
@@ -156,6 +180,16 @@ func (c *Credentials) PublicKey() string { return c.pub }
 
 // JWT is the user JWT from a .creds file, or "" for a bare seed.
 func (c *Credentials) JWT() string { return c.jwt }
+
+// Account is the public key (A...) of the account the user JWT belongs to, or "" for a bare
+// seed. In operator mode it is the callout account: the service's own user lives where the
+// server sends callout requests.
+func (c *Credentials) Account() string {
+	if c == nil {
+		return ""
+	}
+	return c.account
+}
 
 // Sign signs a server nonce with the user seed.
 func (c *Credentials) Sign(nonce []byte) ([]byte, error) { return c.kp.Sign(nonce) }
@@ -184,6 +218,18 @@ func findSeeds(data []byte) ([]nkeys.KeyPair, error) {
 		out = append(out, kp)
 	}
 	return out, sc.Err()
+}
+
+// seedHint explains the usual mix-ups behind a seed of the wrong kind in a signing key file.
+func seedHint(pub string) string {
+	switch {
+	case nkeys.IsValidPublicOperatorKey(pub):
+		return ": an operator key signs accounts, not users; use the account's key or one of its signing keys"
+	case nkeys.IsValidPublicUserKey(pub):
+		return ": a user seed is a login (NATS_CREDS_FILE), not a signing key"
+	default:
+		return ""
+	}
 }
 
 func keyKind(pub string) string {

@@ -1,0 +1,232 @@
+package callout
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+)
+
+// Operator (decentralized JWT) mode, as nats-server implements it:
+//
+//   - The callout is configured in the callout account's JWT (`authorization`: auth_users,
+//     allowed_accounts, xkey); requests arrive in that account and their `sub` is its public key.
+//   - The response is signed by the callout account's own key or by one of its signing keys; a
+//     signing key sets issuer_account to the callout account.
+//   - The user JWT places the user in the account that issued it: signed by the target
+//     account's key, or by one of its signing keys with issuer_account set to the target. The
+//     target must be the callout account or be listed in allowed_accounts.
+//   - A scoped signing key makes the server replace the user's permissions by the scope's
+//     template, and it refuses user JWTs that carry permissions of their own, so per
+//     ServiceAccount permissions need the account's own key or an unscoped signing key.
+
+// OperatorConfig switches a Handler to operator mode. HandlerConfig.Account is then the target
+// account's public key.
+type OperatorConfig struct {
+	// CalloutAccount returns the callout account's public key (required): the account of the
+	// service's own user, Credentials.Account. Requests naming another account are dropped.
+	CalloutAccount func() string
+	// TargetKeys returns the target account's own key or an unscoped signing key of it
+	// (required). When the target is the callout account it may hold the same key as
+	// HandlerConfig.SigningKeys.
+	TargetKeys func() *KeyRing
+}
+
+func (o *OperatorConfig) validate(account string) error {
+	if o == nil {
+		return nil
+	}
+	switch {
+	case !nkeys.IsValidPublicAccountKey(account):
+		return fmt.Errorf("callout: in operator mode the target account must be an account public key (A...), got %q", account)
+	case o.CalloutAccount == nil:
+		return errors.New("callout: operator mode needs the callout account")
+	case o.TargetKeys == nil:
+		return errors.New("callout: operator mode needs the target account's signing key")
+	}
+	return nil
+}
+
+// Errors of CheckOperatorSetup.
+var (
+	// ErrOperatorSetup is wrapped by every CheckOperatorSetup error: the files would make
+	// nats-server refuse the service's login or every client it answers for.
+	ErrOperatorSetup = errors.New("operator-mode setup")
+	// ErrScopedSigningKey means the target account key is a scoped signing key. nats-server
+	// refuses user JWTs signed by it that carry permissions ("scoped users require no
+	// permissions or limits set"), so the service cannot issue per-ServiceAccount permissions
+	// with it: it needs the account's own key or an unscoped signing key.
+	ErrScopedSigningKey = errors.New("scoped signing key")
+)
+
+// ParseAccountJWT reads an account JWT: bare (as `nsc describe account NAME --raw` prints it or
+// a resolver stores it) or decorated. Only the JWT's form and its own signature are checked,
+// not that the operator trusts it: it is used to explain configuration mistakes, never to
+// authorize anything.
+func ParseAccountJWT(data []byte) (*jwt.AccountClaims, error) {
+	tok, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return nil, err
+	}
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return nil, errors.New("empty file: expected an account JWT")
+	}
+	if !strings.HasPrefix(tok, "eyJ") || strings.ContainsAny(tok, " \t\r\n") {
+		return nil, errors.New("not an account JWT (expected the output of `nsc describe account NAME --raw`)")
+	}
+	ac, err := jwt.DecodeAccountClaims(tok)
+	if err != nil {
+		return nil, fmt.Errorf("not an account JWT: %w", err)
+	}
+	if !nkeys.IsValidPublicAccountKey(ac.Subject) {
+		return nil, fmt.Errorf("account JWT subject %q is not an account public key", ac.Subject)
+	}
+	return ac, nil
+}
+
+// OperatorSetup is the operator-mode configuration CheckOperatorSetup cross-checks. The
+// account JWTs are optional; each one lets it catch more mistakes at start-up.
+type OperatorSetup struct {
+	// Credentials is the service's own login (NATS_CREDS_FILE); it must carry a user JWT, whose
+	// account is the callout account.
+	Credentials *Credentials
+	// SigningKeys sign responses (NATS_SIGNING_KEY_FILE): the callout account's key or one of
+	// its signing keys.
+	SigningKeys *KeyRing
+	// TargetAccount is the public key of the account users are placed in (NATS_ACCOUNT).
+	TargetAccount string
+	// TargetKeys sign user JWTs (NATS_TARGET_SIGNING_KEY_FILE): the target account's key or an
+	// unscoped signing key of it.
+	TargetKeys *KeyRing
+	// XKey is the service's curve key (NATS_XKEY_FILE), nil when not configured.
+	XKey *XKey
+	// CalloutAccountJWT, if known, is the callout account's JWT
+	// (NATS_CALLOUT_ACCOUNT_JWT_FILE).
+	CalloutAccountJWT *jwt.AccountClaims
+	// TargetAccountJWT, if known, is the target account's JWT (NATS_TARGET_ACCOUNT_JWT_FILE).
+	// When the target is the callout account, CalloutAccountJWT serves for both.
+	TargetAccountJWT *jwt.AccountClaims
+}
+
+// CheckOperatorSetup reports the first inconsistency in an operator-mode configuration that
+// would make nats-server refuse the service's own login or every client it answers for, with
+// the nsc command that fixes it where there is one. Every error wraps ErrOperatorSetup; a
+// scoped target signing key also wraps ErrScopedSigningKey. Without the account JWTs only the
+// keys and the credentials can be compared with each other.
+func CheckOperatorSetup(s OperatorSetup) error {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrOperatorSetup}, args...)...)
+	}
+	if s.Credentials == nil || s.Credentials.JWT() == "" {
+		return fail("NATS_CREDS_FILE must be a .creds file (user JWT and seed) of a user in the callout account, not a bare seed: " +
+			"nsc generate creds --account AUTH --name callout")
+	}
+	callout, service := s.Credentials.Account(), s.Credentials.PublicKey()
+	if !nkeys.IsValidPublicAccountKey(s.TargetAccount) {
+		// Not echoed: a misplaced seed must not reach the log.
+		return fail("NATS_ACCOUNT is not an account public key (A...); in operator mode it names the target account by its key: nsc describe account APP --field sub")
+	}
+	if n := len(s.SigningKeys.PublicKeys()); n != 1 {
+		return fail("NATS_SIGNING_KEY_FILE holds %d account seeds; operator mode signs with exactly one: the callout account's key or one of its signing keys", n)
+	}
+	if n := len(s.TargetKeys.PublicKeys()); n != 1 {
+		return fail("NATS_TARGET_SIGNING_KEY_FILE holds %d account seeds; operator mode signs user JWTs with exactly one: the target account's key or an unscoped signing key of it", n)
+	}
+	signing, target := s.SigningKeys.PublicKeys()[0], s.TargetKeys.PublicKeys()[0]
+	sameAccount := s.TargetAccount == callout
+	switch {
+	case !sameAccount && signing == s.TargetAccount:
+		return fail("NATS_SIGNING_KEY_FILE holds the key of the target account %s, but responses are signed for the callout account %s "+
+			"(the account of the NATS_CREDS_FILE user %s); one of the two files belongs to the wrong account", s.TargetAccount, callout, service)
+	case !sameAccount && target == callout:
+		return fail("NATS_TARGET_SIGNING_KEY_FILE holds the key of the callout account %s, but users are placed in NATS_ACCOUNT %s: "+
+			"it must hold %s's key or an unscoped signing key of it (a user lands in the account that signed it)", callout, s.TargetAccount, s.TargetAccount)
+	case !sameAccount && target == signing:
+		return fail("NATS_SIGNING_KEY_FILE and NATS_TARGET_SIGNING_KEY_FILE hold the same key %s, but the callout account %s and NATS_ACCOUNT %s differ: "+
+			"responses are signed with a key of the callout account, user JWTs with a key of the target account", signing, callout, s.TargetAccount)
+	}
+
+	if ac := s.CalloutAccountJWT; ac != nil {
+		name := accountLabel(ac)
+		switch {
+		case ac.Subject != callout:
+			return fail("NATS_CREDS_FILE is a user of account %s, but NATS_CALLOUT_ACCOUNT_JWT_FILE is account %s: "+
+				"the service must log in as a user of the callout account", callout, name)
+		case !ac.Authorization.IsEnabled():
+			return fail("account %s has no auth callout: nsc edit authcallout --account %s --auth-user %s", name, nameOr(ac), service)
+		case !ac.Authorization.AuthUsers.Contains(service):
+			return fail("the service's user %s is not in auth_users of account %s, so its own login would be sent to the callout it serves: "+
+				"nsc edit authcallout --account %s --auth-user %s", service, name, nameOr(ac), service)
+		case signing != ac.Subject && !hasSigningKey(ac, signing):
+			return fail("NATS_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
+				"(add it with nsc edit account %s --sk %s, or update NATS_CALLOUT_ACCOUNT_JWT_FILE)", signing, name, nameOr(ac), signing)
+		case !sameAccount && !allowsAccount(ac, s.TargetAccount):
+			return fail("account %s may not place users in NATS_ACCOUNT %s (not in allowed_accounts): "+
+				"nsc edit authcallout --account %s --allowed-account %s", name, s.TargetAccount, nameOr(ac), s.TargetAccount)
+		case ac.Authorization.XKey != "" && s.XKey == nil:
+			return fail("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE is not set", name, ac.Authorization.XKey)
+		case ac.Authorization.XKey != "" && s.XKey.PublicKey() != ac.Authorization.XKey:
+			return fail("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE holds %s", name, ac.Authorization.XKey, s.XKey.PublicKey())
+		}
+	}
+
+	ta := s.TargetAccountJWT
+	if ta == nil && sameAccount {
+		ta = s.CalloutAccountJWT
+	}
+	if ta == nil {
+		return nil
+	}
+	name := accountLabel(ta)
+	if ta.Subject != s.TargetAccount {
+		return fail("NATS_TARGET_ACCOUNT_JWT_FILE is account %s, but NATS_ACCOUNT is %s", name, s.TargetAccount)
+	}
+	if target == ta.Subject {
+		return nil
+	}
+	scope, ok := ta.SigningKeys[target]
+	switch {
+	case !ok:
+		return fail("NATS_TARGET_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
+			"(add it with nsc edit account %s --sk %s, or update NATS_TARGET_ACCOUNT_JWT_FILE)", target, name, nameOr(ta), target)
+	case scope != nil:
+		role := ""
+		if us, ok := scope.(*jwt.UserScope); ok && us.Role != "" {
+			role = fmt.Sprintf(" (role %q)", us.Role)
+		}
+		return fmt.Errorf("%w: %w: NATS_TARGET_SIGNING_KEY_FILE holds %s, a scoped signing key%s of account %s. nats-server gives users of a scoped key "+
+			"the scope's fixed permissions and refuses user JWTs that carry their own, so per-ServiceAccount permissions cannot be issued with it. "+
+			"Add an unscoped signing key (nsc edit account %s --sk generate) and put its seed in NATS_TARGET_SIGNING_KEY_FILE",
+			ErrOperatorSetup, ErrScopedSigningKey, target, role, name, nameOr(ta))
+	}
+	return nil
+}
+
+func hasSigningKey(ac *jwt.AccountClaims, key string) bool {
+	_, ok := ac.SigningKeys[key]
+	return ok
+}
+
+func allowsAccount(ac *jwt.AccountClaims, account string) bool {
+	allowed := ac.Authorization.AllowedAccounts
+	return allowed.Contains(account) || (len(allowed) == 1 && allowed[0] == jwt.AnyAccount)
+}
+
+// accountLabel names an account in messages: "APP (A...)".
+func accountLabel(ac *jwt.AccountClaims) string {
+	if ac.Name == "" {
+		return ac.Subject
+	}
+	return fmt.Sprintf("%s (%s)", ac.Name, ac.Subject)
+}
+
+// nameOr is what to pass to nsc --account: the name if the JWT has one.
+func nameOr(ac *jwt.AccountClaims) string {
+	if ac.Name == "" {
+		return ac.Subject
+	}
+	return ac.Name
+}
