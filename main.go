@@ -62,7 +62,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	if len(args) > 0 && (!strings.HasPrefix(args[0], "-") || args[0] == "--version" || args[0] == "-version") {
 		cmd, args = args[0], args[1:]
 	}
 	var err error
@@ -71,10 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, args, stdout, stderr)
 	case "dev":
 		err = runDev(ctx, args, stdout, stderr)
-	case "version":
+	case "init":
+		err = runInit(args, stdout, stderr)
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	default:
-		err = fmt.Errorf("unknown command %q (commands: serve, dev, version)", cmd)
+		err = fmt.Errorf("unknown command %q (commands: serve, dev, init, version)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -84,6 +86,54 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runInit generates the service's keys and writes the Secret manifest, the matching
+// nats-server configuration and Helm values into a directory. Re-running it against an
+// existing Secret is refused unless the issuer rotation is asked for explicitly.
+func runInit(args []string, stdout, stderr io.Writer) error {
+	fset := flag.NewFlagSet("nats-k8s-oidc-callout init", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	var o callout.InstallOptions
+	out := fset.String("out", "nats-callout", "output directory (secret.yaml is written with mode 0600)")
+	fset.StringVar(&o.Namespace, "namespace", "", "namespace of the NATS release (required on first run)")
+	fset.StringVar(&o.SecretName, "secret-name", "", "name of the Secret (default "+callout.DefaultSecretName+")")
+	fset.StringVar(&o.CalloutAccount, "callout-account", "", "callout account holding only the service user (default "+callout.DefaultCalloutAccount+")")
+	accounts := fset.String("account", "", "comma-separated target accounts; the first is NATS_ACCOUNT (default "+callout.DefaultTargetAccount+")")
+	fset.StringVar(&o.SystemAccount, "system-account", "", "system account, never a callout target (default "+callout.DefaultSystemAccount+")")
+	fset.BoolVar(&o.JetStream, "jetstream", false, "enable JetStream in the target and bypass accounts")
+	fset.Func("bypass-user", "ACCOUNT=U... a user that logs in with its own nkey and never reaches the callout, e.g. NACK (repeatable)", func(s string) error {
+		u, err := callout.ParseBypassUser(s)
+		if err == nil {
+			o.BypassUsers = append(o.BypassUsers, u)
+		}
+		return err
+	})
+	fset.BoolVar(&o.Rotate, "rotate", false, "rotate the issuer key: the new seed is added next to the old one")
+	fset.BoolVar(&o.FinishRotation, "finish-rotation", false, "finish an issuer rotation: drop the old seed")
+	if err := fset.Parse(args); err != nil {
+		return err
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("init: unexpected arguments: %v", fset.Args())
+	}
+	o.TargetAccounts = splitList(*accounts)
+	existing, err := os.ReadFile(filepath.Join(*out, callout.InstallSecretFile))
+	switch {
+	case err == nil:
+		o.ExistingSecret = existing
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("init: %w", err)
+	}
+	files, err := callout.GenerateInstall(o)
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := files.WriteDir(*out); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	fmt.Fprint(stdout, files.NextSteps(*out))
+	return nil
 }
 
 func versionString() string {
@@ -554,11 +604,6 @@ func ready(w http.ResponseWriter, checks []check, h *callout.Handler) {
 	io.WriteString(w, b.String())
 }
 
-// publicKey of a seed, for messages; never the seed itself.
-func publicKey(kp nkeys.KeyPair) string {
-	pub, _ := kp.PublicKey()
-	return pub
-}
 
 // devConfig is every setting of the dev command. Dev mode reads no environment variables, so
 // that it behaves the same on every machine.
@@ -869,7 +914,9 @@ func newDevKeys(dir string, xkey bool) (devKeys, error) {
 		if err != nil {
 			return k, fmt.Errorf("dev: %s: %w", g.name, err)
 		}
-		*g.public = publicKey(kp)
+		if *g.public, err = kp.PublicKey(); err != nil {
+			return k, fmt.Errorf("dev: %s: %w", g.name, err)
+		}
 		*g.file = filepath.Join(dir, g.name)
 		if err := writeFileAtomic(*g.file, append(seed, '\n'), 0o600); err != nil {
 			return k, fmt.Errorf("dev: %w", err)
