@@ -604,7 +604,6 @@ func ready(w http.ResponseWriter, checks []check, h *callout.Handler) {
 	io.WriteString(w, b.String())
 }
 
-
 // devConfig is every setting of the dev command. Dev mode reads no environment variables, so
 // that it behaves the same on every machine.
 type devConfig struct {
