@@ -582,8 +582,9 @@ func (l *load) stop() {
 }
 
 // check stops the load and fails the test if any connect failed, except those that were
-// under way while one of servers reloaded its config (see natsServer.duringReload).
-func (l *load) check(what string, servers ...*natsServer) {
+// under way while one of servers reloaded its config (see natsServer.duringReload); it
+// returns how many it excused so.
+func (l *load) check(what string, servers ...*natsServer) int {
 	l.t.Helper()
 	l.stop()
 	l.mu.Lock()
@@ -601,6 +602,7 @@ func (l *load) check(what string, servers ...*natsServer) {
 	if len(failed) > 0 {
 		l.t.Errorf("%s: %d client connects failed, want 0:\n%s", what, len(failed), strings.Join(failed[:min(len(failed), 10)], "\n"))
 	}
+	return excused
 }
 
 // goroutineRE finds the id at the head of each goroutine's stack.
