@@ -162,6 +162,8 @@ func (s *Store) HasSynced() bool {
 
 // Policy checks that the ServiceAccount named by id exists in the cache, is not being deleted,
 // and has the uid the token was issued for; then parses its annotations (see ParsePolicy).
+// Before the cache has synced, a ServiceAccount not (yet) in it gives ErrNotSynced rather than
+// ErrServiceAccountNotFound.
 func (s *Store) Policy(id Identity) (Policy, error) {
 	sa, err := s.lookup(id.Namespace, id.Name)
 	if err != nil {

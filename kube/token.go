@@ -36,9 +36,9 @@ const (
 const (
 	// fetchTimeout bounds one JWKS request.
 	fetchTimeout = 10 * time.Second
-	// retryMin and retryMax bound the backoff after a failed JWKS refresh.
-	retryMin = time.Second
-	retryMax = 30 * time.Second
+	// retryFirst and retryLast bound the backoff after a failed JWKS refresh.
+	retryFirst = time.Second
+	retryLast  = 30 * time.Second
 	// maxTokenBytes rejects absurd tokens before any parsing; real ones are 1-2 KiB.
 	maxTokenBytes = 16 << 10
 	// usernamePrefix starts the sub of every ServiceAccount token.
@@ -216,8 +216,8 @@ func (v *Verifier) Done() <-chan struct{} {
 // with jittered exponential backoff so that keys arrive soon after the endpoint does.
 func (v *Verifier) refreshLoop(ctx context.Context) {
 	defer close(v.done)
-	maxWait := min(retryMax, v.refreshInterval)
-	backoff := min(retryMin, maxWait)
+	maxWait := min(retryLast, v.refreshInterval)
+	backoff := min(retryFirst, maxWait)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -232,7 +232,7 @@ func (v *Verifier) refreshLoop(ctx context.Context) {
 			wait = backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter needs no cryptographic randomness
 			backoff = min(2*backoff, maxWait)
 		} else {
-			backoff = min(retryMin, maxWait)
+			backoff = min(retryFirst, maxWait)
 		}
 		timer.Reset(wait)
 	}

@@ -442,7 +442,7 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 	is := testIssuers(t)
 	tests := []struct {
 		name  string
-		start func(t *testing.T) (url string, recover func())
+		start func(t *testing.T) (url string, heal func())
 	}{
 		{"connection refused", func(t *testing.T) (string, func()) {
 			l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -474,7 +474,7 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			url, recover := tt.start(t)
+			url, heal := tt.start(t)
 			v, reg := newTestVerifier(t, url)
 			tok := mustToken(t, is[0], "ns", "sa", testUID)
 			waitFor(t, "a failed refresh", 10*time.Second, func() bool {
@@ -486,7 +486,7 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 			if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrBadSignature) {
 				t.Fatalf("Verify without keys: %v, want %v", err, ErrBadSignature)
 			}
-			recover()
+			heal()
 			waitKeys(t, v, 1)
 			if _, err := v.Verify(context.Background(), tok); err != nil {
 				t.Fatalf("Verify after the JWKS appeared: %v", err)
