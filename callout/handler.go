@@ -254,7 +254,15 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 		return deny(reasonOf(err), err)
 	}
 	d.Identity = id
+	if !id.Expiry.After(h.cfg.Now()) {
+		// Within the verifier's clock-skew leeway, but a user JWT must never outlive the token.
+		return deny(kube.Reason(kube.ErrExpired), fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339)))
+	}
 	pol, err := h.cfg.Policies.Policy(id)
+	if errors.Is(err, kube.ErrNotSynced) {
+		// Let a peer whose cache is complete answer instead of refusing a valid client.
+		return drop(ReasonNotReady, err)
+	}
 	if err != nil {
 		return deny(reasonOf(err), err)
 	}
