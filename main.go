@@ -644,7 +644,7 @@ func parseDevConfig(args []string, output io.Writer) (devConfig, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.Manifest, "manifest", defaultDevManifest, "ServiceAccounts to serve (YAML); edits apply to the next connection")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "use the ServiceAccounts of this cluster instead of a manifest; tokens are still minted locally, with their real uids")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "use the ServiceAccounts of this cluster instead of a manifest; tokens are still minted locally, with their real uids, for those listed at start and at each token refresh")
 	fs.StringVar(&c.Namespaces, "namespaces", "", "with --kubeconfig: comma-separated namespaces to serve (default: the kubeconfig context's)")
 	fs.IntVar(&c.Port, "port", 4222, "NATS port on 127.0.0.1; a busy port falls back to a free one; 0 picks a free one")
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics; a busy port falls back to a free one")
@@ -861,12 +861,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 			return nil // another component failed and says why, or dev is stopping
 		}
 		sc := devScenario{
-			url: natsSrv.ClientURL(), http: "http://" + httpLn.Addr().String(), dir: dir,
+			url: natsSrv.ClientURL(), http: "http://" + httpLn.Addr().String(),
 			conf: filepath.Join(dir, "nats.conf"), manifest: dc.Manifest, kubeconfig: dc.Kubeconfig,
 			namespaces: dc.Namespaces, encrypted: dc.XKey, tokens: tokens,
 		}
-		sc.accounts = devAccounts(tokens.current(), defaults)
-		sc.plan, sc.planErr = planDemo(sc.accounts)
+		sc.plan, sc.planErr = planDemo(devAccounts(tokens.current(), defaults))
 		if !dc.Check {
 			sc.print(stdout)
 			return nil
@@ -1267,12 +1266,11 @@ func concreteSubject(pattern string) string {
 
 // devScenario is what dev mode prints and checks.
 type devScenario struct {
-	url, http, dir, conf, manifest, kubeconfig, namespaces string
-	encrypted                                              bool
-	tokens                                                 *devTokens
-	accounts                                               []devAccount
-	plan                                                   demo
-	planErr                                                error
+	url, http, conf, manifest, kubeconfig, namespaces string
+	encrypted                                         bool
+	tokens                                            *devTokens
+	plan                                              demo
+	planErr                                           error
 }
 
 func (sc devScenario) tokenFile(a devAccount) string { return sc.tokens.path(a.Namespace, a.Name) }
@@ -1289,7 +1287,8 @@ func (sc devScenario) print(w io.Writer) {
 	fmt.Fprintf(w, "  server config  %s  (%s)\n", sc.conf, enc)
 	if sc.kubeconfig != "" {
 		fmt.Fprintf(w, "  cluster        %s, namespaces %s: ServiceAccounts come from the cluster,\n"+
-			"                 tokens from the local issuer (with the real uids); annotate with kubectl\n", sc.kubeconfig, sc.namespaces)
+			"                 tokens from the local issuer (with their real uids); annotations changed with\n"+
+			"                 kubectl apply to the next connection; restart to get tokens for new ServiceAccounts\n", sc.kubeconfig, sc.namespaces)
 	} else {
 		fmt.Fprintf(w, "  manifest       %s  (edit it: the next connection gets the new permissions)\n", sc.manifest)
 	}
