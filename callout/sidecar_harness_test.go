@@ -195,10 +195,11 @@ func (n *natsServer) reload(change func(*natsConf)) {
 
 // duringReload reports whether span overlaps a config reload of the server.
 //
-// A reload re-authorizes every client, including clients whose CONNECT the server has not
-// read yet: with auth_callout those are sent to the callout with no credentials at all, are
-// denied, and their connect fails with "Authorization Violation". That is nats-server's doing,
-// not the service's, and it happens with any authorization, callout or not.
+// A reload re-authorizes every client, including clients still in their handshake: those
+// whose CONNECT the server has not read yet go to the callout with no credentials at all, are
+// denied and fail with "Authorization Violation"; others are closed without a word (the client
+// sees EOF). That is nats-server's doing, not the service's; tests check separately that the
+// service allowed every request that carried a credential.
 func (n *natsServer) duringReload(span interval) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -520,6 +521,8 @@ type load struct {
 	failed atomic.Int64
 	stopCh chan struct{}
 	wg     sync.WaitGroup
+	// gate is held for reading by each connect attempt; pausing takes it for writing.
+	gate sync.RWMutex
 
 	mu       sync.Mutex
 	failures []failure
@@ -547,8 +550,10 @@ func startLoad(t testing.TB, token string, clients int, urls ...string) *load {
 					return
 				default:
 				}
+				l.gate.RLock()
 				start := time.Now()
 				nc, err := nats.Connect(url, nats.Token(token), nats.MaxReconnects(0), nats.Timeout(5*time.Second))
+				l.gate.RUnlock()
 				if err != nil {
 					l.failed.Add(1)
 					l.mu.Lock()
@@ -563,6 +568,20 @@ func startLoad(t testing.TB, token string, clients int, urls ...string) *load {
 	}
 	t.Cleanup(l.stop)
 	return l
+}
+
+// reload has srv reload its config while the load runs. Under the race detector the load
+// pauses for the reload instead: nats-server v2.15.2 has data races between a config reload
+// re-authorizing its clients and the auth callout of clients connecting at that moment
+// (auth.go:927 reads client options that auth_callout.go:334 writes; auth.go:718 reads
+// the client's account that client.go:905 sets), which -race reports as a test failure.
+func (l *load) reload(srv *natsServer, change func(*natsConf)) {
+	l.t.Helper()
+	if raceDetector {
+		l.gate.Lock()
+		defer l.gate.Unlock()
+	}
+	srv.reload(change)
 }
 
 // progress waits until n more clients have connected: traffic flows in the current state.
@@ -582,27 +601,28 @@ func (l *load) stop() {
 }
 
 // check stops the load and fails the test if any connect failed, except those that were
-// under way while one of servers reloaded its config (see natsServer.duringReload); it
-// returns how many it excused so.
-func (l *load) check(what string, servers ...*natsServer) int {
+// under way while one of servers reloaded its config (see natsServer.duringReload).
+func (l *load) check(what string, servers ...*natsServer) {
 	l.t.Helper()
 	l.stop()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var excused int
-	var failed []string
+	var excused, failed []string
 	for _, f := range l.failures {
+		line := fmt.Sprintf("%s-%s %s: %v", f.span.start.Format("15:04:05.000"), f.span.end.Format("15:04:05.000"), f.url, f.err)
 		if slices.ContainsFunc(servers, func(n *natsServer) bool { return n.url() == f.url && n.duringReload(f.span) }) {
-			excused++
+			excused = append(excused, line)
 			continue
 		}
-		failed = append(failed, fmt.Sprintf("%s-%s %s: %v", f.span.start.Format("15:04:05.000"), f.span.end.Format("15:04:05.000"), f.url, f.err))
+		failed = append(failed, line)
 	}
-	l.t.Logf("%s: %d client connects, %d failed, %d of them while the server reloaded its config", what, l.ok.Load(), len(l.failures), excused)
+	l.t.Logf("%s: %d client connects, %d failed, %d of them while the server reloaded its config", what, l.ok.Load(), len(l.failures), len(excused))
+	for _, e := range excused {
+		l.t.Logf("during a reload: %s", e)
+	}
 	if len(failed) > 0 {
 		l.t.Errorf("%s: %d client connects failed, want 0:\n%s", what, len(failed), strings.Join(failed[:min(len(failed), 10)], "\n"))
 	}
-	return excused
 }
 
 // goroutineRE finds the id at the head of each goroutine's stack.
