@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -164,6 +165,11 @@ type config struct {
 	DefaultSub     string
 	JWKSRefresh    time.Duration
 	ShowVersion    bool
+	// Operator mode (decentralized JWT).
+	Mode                  string
+	TargetSigningKeyFile  string
+	CalloutAccountJWTFile string
+	TargetAccountJWTFile  string
 
 	jwksURLSet bool
 }
@@ -233,6 +239,10 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	s(&c.SigningKeyFile, "nats-signing-key-file", "NATS_SIGNING_KEY_FILE", "", "issuer account seed(s) (SA...) that sign responses and user JWTs (required)")
 	s(&c.Account, "nats-account", "NATS_ACCOUNT", "", "target account users are placed in (required)")
 	s(&c.XKeyFile, "nats-xkey-file", "NATS_XKEY_FILE", "", "curve seed (SX...) for encrypted callouts; must match auth_callout.xkey")
+	s(&c.Mode, "nats-mode", "NATS_MODE", "", "server-config or operator (default: operator when NATS_ACCOUNT is an account public key A..., else server-config)")
+	s(&c.TargetSigningKeyFile, "nats-target-signing-key-file", "NATS_TARGET_SIGNING_KEY_FILE", "", "operator mode: the target account's seed or unscoped signing key seed that signs user JWTs (default NATS_SIGNING_KEY_FILE)")
+	s(&c.CalloutAccountJWTFile, "nats-callout-account-jwt-file", "NATS_CALLOUT_ACCOUNT_JWT_FILE", "", "operator mode, optional: the callout account's JWT, to check the setup at start-up")
+	s(&c.TargetAccountJWTFile, "nats-target-account-jwt-file", "NATS_TARGET_ACCOUNT_JWT_FILE", "", "operator mode, optional: the target account's JWT, to detect a scoped signing key at start-up")
 	fs.BoolVar(&c.InCluster, "k8s-in-cluster", env.bool("K8S_IN_CLUSTER", true), "use the pod's in-cluster Kubernetes config; false uses --kubeconfig (env K8S_IN_CLUSTER)")
 	s(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file when not in cluster (default ~/.kube/config)")
 	s(&c.JWKSURL, "jwks-url", "JWKS_URL", defaultJWKSURL, "JWKS of the ServiceAccount token issuer")
@@ -270,10 +280,33 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	return c, c.validate()
 }
 
+// operator reports whether the service runs in operator (decentralized JWT) mode.
+func (c config) operator() bool {
+	if c.Mode == "" {
+		return nkeys.IsValidPublicAccountKey(c.Account)
+	}
+	return c.Mode == "operator"
+}
+
 func (c config) validate() error {
 	u, err := url.Parse(strings.Split(c.NATSURL, ",")[0])
 	if err != nil || u.Host == "" {
 		return fmt.Errorf("NATS_URL: %q is not a URL like nats://127.0.0.1:4222", c.NATSURL)
+	}
+	switch c.Mode {
+	case "", "server-config", "operator":
+	default:
+		return fmt.Errorf("NATS_MODE: %q must be server-config or operator", c.Mode)
+	}
+	if c.operator() {
+		switch {
+		case !nkeys.IsValidPublicAccountKey(c.Account):
+			return errors.New("NATS_ACCOUNT: in operator mode it must be the target account's public key (A...): nsc describe account APP --field sub")
+		case c.CredsFile == "":
+			return errors.New("NATS_CREDS_FILE is required in operator mode: the .creds file of the service's user in the callout account")
+		}
+	} else if c.TargetSigningKeyFile != "" || c.CalloutAccountJWTFile != "" || c.TargetAccountJWTFile != "" {
+		return errors.New("NATS_TARGET_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT_JWT_FILE and NATS_TARGET_ACCOUNT_JWT_FILE apply to operator mode only (set NATS_MODE=operator)")
 	}
 	switch {
 	case c.SigningKeyFile == "":
@@ -396,10 +429,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := newLogger(stderr, c.LogLevel, c.LogFormat)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{
-		Name: "nats_callout_build_info",
-		Help: "Build information; always 1.",
-	}, []string{"version", "commit", "goversion"}).WithLabelValues(version, commit, runtime.Version()).Set(1)
 
 	rc, err := kubeConfig(c)
 	if err != nil {
@@ -435,6 +464,10 @@ type deps struct {
 // serve wires the components and runs them until ctx is done.
 func serve(ctx context.Context, c config, d deps) error {
 	log, reg := d.log, d.reg
+	promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nats_callout_build_info",
+		Help: "Build information; always 1.",
+	}, []string{"version", "commit", "goversion"}).WithLabelValues(version, commit, runtime.Version()).Set(1)
 	watcher, err := reload.NewWatcher(log, reg)
 	if err != nil {
 		return err
@@ -492,16 +525,23 @@ func serve(ctx context.Context, c config, d deps) error {
 		return fmt.Errorf("JWKS_URL: %w", err)
 	}
 
+	var operator *callout.OperatorConfig
+	if c.operator() {
+		if operator, err = operatorMode(c, watcher, log, signingKeys, creds, xkey); err != nil {
+			return err
+		}
+	}
+
 	metrics := callout.NewMetrics(reg)
 	handler, err := callout.NewHandler(callout.HandlerConfig{
 		Verifier: verifier, Policies: store, SigningKeys: signingKeys.Current, XKey: xkey,
-		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics,
+		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics, Operator: operator,
 	})
 	if err != nil {
 		return err
 	}
 	svc, err = callout.NewService(callout.ServiceConfig{
-		URL: c.NATSURL, Credentials: creds, Handler: handler, Workers: c.Workers,
+		URL: c.NATSURL, Credentials: creds, UseJWT: c.operator(), Handler: handler, Workers: c.Workers,
 		RequestTimeout: c.RequestTimeout, Logger: log, Metrics: metrics,
 	})
 	if err != nil {
@@ -574,6 +614,52 @@ func serve(ctx context.Context, c config, d deps) error {
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// operatorMode loads the target account's signing key and cross-checks the operator-mode
+// files at start-up, so a wrong key or a scoped signing key stops the service with an
+// explanation instead of failing every client later.
+func operatorMode(c config, w *reload.Watcher, log *slog.Logger, signingKeys *reload.File[*callout.KeyRing],
+	creds func() *callout.Credentials, xkey func() *callout.XKey) (*callout.OperatorConfig, error) {
+	targetKeys := signingKeys.Current
+	if c.TargetSigningKeyFile != "" && c.TargetSigningKeyFile != c.SigningKeyFile {
+		f, err := reload.Add(w, "target_signing_key", c.TargetSigningKeyFile, callout.ParseSigningKeys, func(k *callout.KeyRing) {
+			log.Info("target account signing keys reloaded", "keys", k)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("NATS_TARGET_SIGNING_KEY_FILE: %w", err)
+		}
+		targetKeys = f.Current
+	}
+	setup := callout.OperatorSetup{
+		Credentials: creds(), SigningKeys: signingKeys.Current(), TargetAccount: c.Account,
+		TargetKeys: targetKeys(), XKey: xkey(),
+	}
+	for _, j := range []struct {
+		path, setting string
+		dst           **jwt.AccountClaims
+	}{
+		{c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE", &setup.CalloutAccountJWT},
+		{c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE", &setup.TargetAccountJWT},
+	} {
+		if j.path == "" {
+			continue
+		}
+		data, err := os.ReadFile(j.path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", j.setting, err)
+		}
+		if *j.dst, err = callout.ParseAccountJWT(data); err != nil {
+			return nil, fmt.Errorf("%s: %w", j.setting, err)
+		}
+	}
+	if err := callout.CheckOperatorSetup(setup); err != nil {
+		return nil, err
+	}
+	return &callout.OperatorConfig{
+		CalloutAccount: func() string { return creds().Account() },
+		TargetKeys:     targetKeys,
+	}, nil
 }
 
 type check struct {
