@@ -294,10 +294,12 @@ func (s *Service) Run(ctx context.Context) error {
 				s.log.Error("new NATS connection closed before it was ready; opening it again", "user", pending.pub)
 				retire(pending)
 				pending = nil
-				if next, err := s.open(s.cfg.Credentials(), false); err == nil {
-					pending = next
-				} else {
-					s.log.Error("cannot open a connection with the new credentials; keeping the current one", "error", err)
+				if creds := s.cfg.Credentials(); !sameCredentials(creds, cur.creds, s.cfg.UseJWT) {
+					if next, err := s.open(creds, false); err == nil {
+						pending = next
+					} else {
+						s.log.Error("cannot open a connection with the new credentials; keeping the current one", "error", err)
+					}
 				}
 			}
 			if cur.nc.IsClosed() && reopen == nil {
