@@ -291,7 +291,7 @@ func (c config) operator() bool {
 func (c config) validate() error {
 	u, err := url.Parse(strings.Split(c.NATSURL, ",")[0])
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("NATS_URL: %q is not a URL like nats://127.0.0.1:4222", c.NATSURL)
+		return fmt.Errorf("NATS_URL: %s is not a URL like nats://127.0.0.1:4222", callout.RedactURL(c.NATSURL))
 	}
 	switch c.Mode {
 	case "", "server-config", "operator":
@@ -583,7 +583,7 @@ func serve(ctx context.Context, c config, d deps) error {
 		}
 	}
 
-	log.Info("starting", "version", version, "commit", commit, "nats_url", c.NATSURL, "account", c.Account,
+	log.Info("starting", "version", version, "commit", commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
 		"issuers", signingKeys.Current(), "jwks_url", d.jwksURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
 		"http_addr", ln.Addr().String(), "encrypted", c.XKeyFile != "")
 

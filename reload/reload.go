@@ -284,8 +284,9 @@ func (f *File[T]) check() {
 }
 
 func (f *File[T]) fail(err error) {
-	f.metrics.reloads.WithLabelValues(f.name, resultFailure).Inc()
+	// The gauge first: whoever sees the failure counted must also see it.
 	f.metrics.lastSuccessful.WithLabelValues(f.name).Set(0)
+	f.metrics.reloads.WithLabelValues(f.name, resultFailure).Inc()
 	f.logger.Error("reload: file not reloaded, keeping the previous value", "file", f.name, "path", f.path, "error", err)
 }
 
