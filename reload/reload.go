@@ -274,9 +274,9 @@ func (f *File[T]) check() {
 	}
 	f.current.Store(&v)
 	f.goodHash = h
-	m.reloads.WithLabelValues(f.name, resultSuccess).Inc()
 	m.lastSuccessTime.WithLabelValues(f.name).SetToCurrentTime()
 	m.lastSuccessful.WithLabelValues(f.name).Set(1)
+	m.reloads.WithLabelValues(f.name, resultSuccess).Inc()
 	f.logger.Info("reload: file reloaded", "file", f.name, "path", f.path, "sha256", shortHash(h))
 	if f.onChange != nil {
 		f.onChange(v)
