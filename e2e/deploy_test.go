@@ -152,3 +152,18 @@ func (d *deployment) restartNATS(t *testing.T, conf natsConf) window {
 	w.to = time.Now()
 	return w
 }
+
+// reloadNATS rewrites nats-server's configuration and has it reloaded (SIGHUP): enough for
+// changes outside auth_callout, such as the users of the AUTH account. It returns the window
+// from the signal until the reload was logged: nats-server 2.15 closes every client the
+// callout authorized on any reload (in server-config mode it no longer finds their user in its
+// config), so connections in that instant fail and established ones reconnect.
+func (d *deployment) reloadNATS(t *testing.T, conf natsConf) window {
+	t.Helper()
+	d.conf = conf
+	d.nats.setConfig(t, conf)
+	w := window{what: "nats-server reload", from: time.Now()}
+	d.nats.reload(t)
+	w.to = time.Now()
+	return w
+}

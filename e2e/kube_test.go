@@ -48,9 +48,9 @@ func requestToken(ctx context.Context, kube kubernetes.Interface, ns, name, audi
 	return tr.Status.Token, nil
 }
 
-// newNamespace creates a namespace for one test and deletes it afterwards. There is no
-// controller-manager, so deleting it does not delete what is inside; tests delete their own
-// ServiceAccounts where it matters.
+// newNamespace creates a namespace (or uses the existing one). Namespaces are left in place:
+// without a controller-manager a deleted namespace would stay Terminating forever, and the
+// whole control plane is thrown away after the run. Tests delete their own ServiceAccounts.
 func newNamespace(t *testing.T, name string) string {
 	t.Helper()
 	if err := createNamespace(context.Background(), suite.kube, name); err != nil {

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -134,28 +133,11 @@ func TestTokenLifetime(t *testing.T) {
 			}
 			return nil
 		})
-		// Reconnecting with the expired token fails: the workload must read its rotated token.
-		// The service should deny it as expired. Its verifier tolerates 30 s of clock skew on
-		// exp, but that cannot help here: the user JWT carries the token's exp, and nats-server
-		// checks it with the same clock as the service.
-		before := d.svc.metrics(t)
-		nc2, err := dial(url, nats.Token(tok))
-		late := time.Since(exp).Round(time.Millisecond)
-		if err == nil {
-			nc2.Close()
-			t.Errorf("reconnected with a token that expired %s ago", late)
-		} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(err.Error(), "Authentication Expired") {
-			t.Errorf("reconnect with the expired token: %v, want it refused", err)
-		}
-		after := d.svc.metrics(t)
-		wantDenied := before.sum("nats_callout_requests_total", "result", "denied", "reason", "expired") + 1
-		if got := after.sum("nats_callout_requests_total", "result", "denied", "reason", "expired"); got != wantDenied {
-			t.Errorf("BUG (service): a token that expired %s ago was not denied as expired (client saw: %v). "+
-				"Within its 30 s clock-skew leeway the service allows it and signs a user JWT whose exp has already "+
-				"passed; nats-server then drops the connection as 'User Authentication Expired' while the service "+
-				"logs and counts the decision as allowed. Decisions before: %s; after: %s",
-				late, err, before.requestsString(), after.requestsString())
-		}
+		// Reconnecting with the expired token is refused at once, as expired: the workload
+		// must read its rotated token. The verifier tolerates 30 s of clock skew, but that
+		// must not let through a token whose exp has passed: its user JWT would be born
+		// expired (nats-server checks the user JWT's exp with the same clock).
+		wantRefused(t, d, "expired", nats.Token(tok))
 	})
 
 	t.Run("USER_JWT_MAX_TTL", func(t *testing.T) {

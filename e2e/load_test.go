@@ -26,8 +26,9 @@ type attempt struct {
 	err        error
 }
 
-// window is a stretch of time in which connection attempts may fail: nats-server is restarting
-// and its sidecar has not reconnected yet.
+// window is a stretch of time in which connection attempts may fail because of nats-server
+// itself: it restarts (until its sidecar has reconnected), or it reloads its configuration
+// (which closes connections the callout authorized).
 type window struct {
 	what     string
 	from, to time.Time
@@ -129,7 +130,7 @@ func (l *connectLoad) finish(t *testing.T, windows ...window) {
 	for _, w := range windows {
 		ws = append(ws, fmt.Sprintf("%s %s-%s (%s)", w.what, w.from.Format("15:04:05.000"), w.to.Format("15:04:05.000"), w.to.Sub(w.from).Round(time.Millisecond)))
 	}
-	t.Logf("connection attempts: %d, succeeded %d, failed inside restart windows %d, failed outside %d; windows: %s",
+	t.Logf("connection attempts: %d, succeeded %d, failed inside nats-server's restart/reload windows %d, failed outside %d; windows: %s",
 		len(l.attempts), ok, excused, len(bad), strings.Join(ws, ", "))
 	if ok == 0 {
 		t.Error("no connection attempt succeeded")
@@ -138,6 +139,6 @@ func (l *connectLoad) finish(t *testing.T, windows ...window) {
 		if len(bad) > 10 {
 			bad = append(bad[:10], fmt.Sprintf("... and %d more", len(bad)-10))
 		}
-		t.Errorf("%d connection attempts failed while nats-server was up with its sidecar ready:\n%s", len(bad), strings.Join(bad, "\n"))
+		t.Errorf("%d connection attempts failed outside nats-server's restarts and reloads:\n%s", len(bad), strings.Join(bad, "\n"))
 	}
 }

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -17,11 +18,18 @@ import (
 // natsConf is a nats-server configuration in server-config mode, written exactly the way the
 // README shows it, plus what a scenario adds (a static account, cluster routes).
 type natsConf struct {
+	// name is server_name. It is in the file rather than -n on the command line: nats-server
+	// keeps -a -p -m across a reload but not -n, and then refuses the reload
+	// ("config reload not supported for ServerName").
+	name         string
 	issuer       string   // auth_callout.issuer: the issuer account public key (A...)
-	serviceUsers []string // the service's user nkeys (U...): AUTH users and auth_users
-	xkey         string   // auth_callout.xkey (X...), optional
-	static       *staticUser
-	cluster      *clusterConf
+	serviceUsers []string // the service's user nkeys (U...): AUTH's users
+	// authUsers is auth_users; nil means serviceUsers. A service nkey rotation lists the next
+	// nkey here ahead of time, since auth_users cannot be reloaded.
+	authUsers []string
+	xkey      string // auth_callout.xkey (X...), optional
+	static    *staticUser
+	cluster   *clusterConf
 }
 
 // staticUser is an account with its own static credentials that bypasses the callout, like the
@@ -46,11 +54,17 @@ func quoteList(items []string) string {
 
 func (c natsConf) render() string {
 	var b strings.Builder
+	if c.name != "" {
+		fmt.Fprintf(&b, "server_name: %q\n", c.name)
+	}
 	users := make([]string, len(c.serviceUsers))
 	for i, u := range c.serviceUsers {
 		users[i] = fmt.Sprintf("{ nkey: %q }", u)
 	}
 	authUsers := append([]string(nil), c.serviceUsers...)
+	if c.authUsers != nil {
+		authUsers = append([]string(nil), c.authUsers...)
+	}
 	b.WriteString("accounts {\n")
 	fmt.Fprintf(&b, "  AUTH: { users: [ %s ] }\n", strings.Join(users, ", "))
 	b.WriteString("  APP: {}\n")
@@ -80,7 +94,8 @@ func (c natsConf) render() string {
 }
 
 // natsServer is one nats-server binary. The client address and monitor port come from the
-// command line (-a -p -m, as scripts/nats-up.sh does), so the file holds only what users write.
+// command line (-a -p -m, as scripts/nats-up.sh does), so the file holds only what users write
+// (and server_name).
 type natsServer struct {
 	name     string
 	dir      string
@@ -101,12 +116,14 @@ func startNATS(t *testing.T, dir, name string, conf natsConf) *natsServer {
 func (s *natsServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }
 
 func (s *natsServer) args() []string {
-	return []string{"-c", s.confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(s.port), "-m", fmt.Sprint(s.httpPort), "-n", s.name}
+	return []string{"-c", s.confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(s.port), "-m", fmt.Sprint(s.httpPort)}
 }
 
-// setConfig writes the configuration file and checks it with `nats-server -t`.
+// setConfig writes the configuration file (with server_name set to the server's name) and
+// checks it with `nats-server -t`.
 func (s *natsServer) setConfig(t *testing.T, conf natsConf) {
 	t.Helper()
+	conf.name = s.name
 	writeFile(t, s.confPath, []byte(conf.render()))
 	if out, err := exec.Command(suite.natsServer, append(s.args(), "-t")...).CombinedOutput(); err != nil {
 		t.Fatalf("nats-server rejects %s: %v\n%s\n%s", s.confPath, err, out, conf.render())
@@ -140,12 +157,25 @@ func (s *natsServer) restart(t *testing.T) {
 	s.start(t)
 }
 
-// reload asks the running server to re-read its configuration (SIGHUP).
+// reload asks the running server to re-read its configuration (SIGHUP, what
+// `nats-server --signal reload=PID` sends) and waits until it has.
 func (s *natsServer) reload(t *testing.T) {
 	t.Helper()
+	const done, failed = "Reloaded server configuration", "Failed to reload"
+	before, failures := strings.Count(s.p.log(), done), strings.Count(s.p.log(), failed)
 	if err := s.p.signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, 10*time.Second, "nats-server "+s.name+" reloaded", func() error {
+		log := s.p.log()
+		if strings.Count(log, failed) > failures {
+			t.Fatalf("nats-server %s refused the reload:\n%s", s.name, s.p.tail(5))
+		}
+		if strings.Count(log, done) <= before {
+			return errors.New("no reload logged yet")
+		}
+		return nil
+	})
 }
 
 // connInfo is the part of /connz?auth=1 the tests read.

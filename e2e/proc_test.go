@@ -34,15 +34,38 @@ type proc struct {
 
 var procSeq atomic.Int64
 
-// testDir returns (and creates) the directory of this test's files and logs, kept after a
-// failed run for post-mortems.
+var (
+	testDirsMu sync.Mutex
+	testDirs   = map[*testing.T]string{}
+)
+
+// testDir returns the directory of this test's files and logs, created on first use (with a
+// suffix when -count runs a test again), and kept after a failed run for post-mortems.
 func testDir(t *testing.T) string {
 	t.Helper()
-	name := regexp.MustCompile(`[^A-Za-z0-9_.-]+`).ReplaceAllString(t.Name(), "_")
-	dir := filepath.Join(suite.workDir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
+	testDirsMu.Lock()
+	defer testDirsMu.Unlock()
+	if dir, ok := testDirs[t]; ok {
+		return dir
 	}
+	base := filepath.Join(suite.workDir, regexp.MustCompile(`[^A-Za-z0-9_.-]+`).ReplaceAllString(t.Name(), "_"))
+	dir := base
+	for i := 2; ; i++ {
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			break
+		}
+		if !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		dir = fmt.Sprintf("%s.%d", base, i)
+	}
+	testDirs[t] = dir
+	t.Cleanup(func() {
+		testDirsMu.Lock()
+		delete(testDirs, t)
+		testDirsMu.Unlock()
+	})
 	return dir
 }
 
