@@ -144,8 +144,11 @@ func (d *deployment) restartNATS(t *testing.T, conf natsConf) window {
 			return fmt.Errorf("reconnects still %g", got)
 		}
 		code, body, err := d.svc.get("/readyz")
-		if err != nil || code != 200 {
-			return fmt.Errorf("/readyz %d %v: %s", code, err, body)
+		if err != nil {
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("/readyz %d: %s", code, body)
 		}
 		return nil
 	})

@@ -195,7 +195,7 @@ func (s *suiteEnv) setUpServiceIdentity(ctx context.Context) error {
 	}
 	out, err := exec.CommandContext(ctx, s.kubectl, "--kubeconfig", s.kubeconfig, "apply", "-f", rbac).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("kubectl apply -f %s: %v\n%s", rbac, err, out)
+		return fmt.Errorf("kubectl apply -f %s: %w\n%s", rbac, err, out)
 	}
 	// A token with the API server's own audience, like a pod's kube-api-access volume.
 	tok, err := s.kube.CoreV1().ServiceAccounts("nats").CreateToken(ctx, "nats-k8s-oidc-callout", &authv1.TokenRequest{

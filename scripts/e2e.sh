@@ -46,10 +46,12 @@ mkdir -p "$cluster" "$pids"
 t_start=$SECONDS
 t_tools=- t_build=- t_cluster=- t_run=-
 
+# shellcheck disable=SC2317 # summary and teardown run from the EXIT trap
 summary() {
 	e2e_log "timings: tools ${t_tools}s, service + test build ${t_build}s, control plane ${t_cluster}s, tests ${t_run}s, total $((SECONDS - t_start))s"
 }
 
+# shellcheck disable=SC2317
 teardown() {
 	local rc=$?
 	trap - EXIT INT TERM
