@@ -529,3 +529,57 @@ func TestRunUnknownCommand(t *testing.T) {
 		t.Errorf("stderr = %q", stderr.String())
 	}
 }
+
+// TestInit runs the init subcommand as a user would: keys and files on the first run, a refusal
+// to replace them silently, then a deliberate issuer rotation and its end.
+func TestInit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	initCmd := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"init", "--out", dir}, args...), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	if code, out, errOut := initCmd("--namespace", "nats"); code != 0 {
+		t.Fatalf("first init: exit %d\n%s%s", code, out, errOut)
+	}
+	secret := filepath.Join(dir, "secret.yaml")
+	st, err := os.Stat(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("secret.yaml mode %v, want 0600", st.Mode().Perm())
+	}
+	conf, err := os.ReadFile(filepath.Join(dir, "nats-auth.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := os.ReadFile(filepath.Join(dir, "helm-values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := regexp.MustCompile(`issuer: "(A[A-Z0-9]{55})"`).FindSubmatch(conf)
+	if issuer == nil || !bytes.Contains(values, issuer[1]) {
+		t.Fatalf("server config and Helm values do not name the same issuer:\n%s\n%s", conf, values)
+	}
+	before, _ := os.ReadFile(secret)
+
+	code, _, errOut := initCmd("--namespace", "nats")
+	if code == 0 || !strings.Contains(errOut, "--rotate") {
+		t.Errorf("second init: exit %d, stderr %q; want a refusal pointing at --rotate", code, errOut)
+	}
+	if after, _ := os.ReadFile(secret); !bytes.Equal(before, after) {
+		t.Error("a refused init changed secret.yaml")
+	}
+
+	if code, out, errOut := initCmd("--rotate"); code != 0 {
+		t.Fatalf("init --rotate: exit %d\n%s%s", code, out, errOut)
+	}
+	rotated, _ := os.ReadFile(filepath.Join(dir, "nats-auth.conf"))
+	if bytes.Contains(rotated, issuer[1]) {
+		t.Error("after --rotate the server config still names the old issuer")
+	}
+	if code, out, errOut := initCmd("--finish-rotation"); code != 0 {
+		t.Fatalf("init --finish-rotation: exit %d\n%s%s", code, out, errOut)
+	}
+}
