@@ -1002,7 +1002,7 @@ func newDevKeys(dir string, xkey bool) (devKeys, error) {
 			return k, fmt.Errorf("dev: %s: %w", g.name, err)
 		}
 		*g.file = filepath.Join(dir, g.name)
-		if err := writeFileAtomic(*g.file, append(seed, '\n'), 0o600); err != nil {
+		if err := reload.WriteFile(*g.file, append(seed, '\n'), 0o600); err != nil {
 			return k, fmt.Errorf("dev: %w", err)
 		}
 	}
@@ -1022,7 +1022,7 @@ func startDevNATS(dir string, port int, keys devKeys) (*server.Server, bool, err
 	}
 	conf := fmt.Sprintf("# nats-server config of `nats-k8s-oidc-callout dev`: every client login goes to the callout.\nlisten: \"127.0.0.1:%d\"\n%s", port, block)
 	path := filepath.Join(dir, "nats.conf")
-	if err := writeFileAtomic(path, []byte(conf), 0o600); err != nil {
+	if err := reload.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, false, fmt.Errorf("dev: %w", err)
 	}
 	opts, err := server.ProcessConfigFile(path)
@@ -1193,7 +1193,7 @@ func (t *devTokens) set(sas []corev1.ServiceAccount) error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return err
 		}
-		if err := writeFileAtomic(p, []byte(tok), 0o600); err != nil {
+		if err := reload.WriteFile(p, []byte(tok), 0o600); err != nil {
 			return err
 		}
 	}
@@ -1233,27 +1233,6 @@ func (t *devTokens) run(ctx context.Context, list func(context.Context) ([]corev
 		}
 		t.log.Info("tokens refreshed", "dir", t.dir, "serviceaccounts", len(sas))
 	}
-}
-
-// writeFileAtomic replaces path with data so that readers see the old or the new content.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // devAccount is a ServiceAccount with the permissions it gets.

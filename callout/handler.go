@@ -87,9 +87,6 @@ type HandlerConfig struct {
 	Operator *OperatorConfig
 	// MaxTTL caps the user JWT lifetime below the token's own expiry; 0 means no cap.
 	MaxTTL time.Duration
-	// Ready, if set, is consulted first: while it returns an error the request is dropped
-	// rather than denied, so a server with another service instance lets that one answer.
-	Ready  func() error
 	Logger *slog.Logger
 	// Metrics may be nil in tests.
 	Metrics *Metrics
@@ -176,11 +173,6 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	drop := func(reason string, err error) ([]byte, Decision) {
 		d.Result, d.Reason, d.Err = ResultDropped, reason, err
 		return nil, d
-	}
-	if h.cfg.Ready != nil {
-		if err := h.cfg.Ready(); err != nil {
-			return drop(ReasonNotReady, err)
-		}
 	}
 
 	// Encrypted requests carry the server's curve key in a header and are sealed to ours.

@@ -17,6 +17,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/reload"
 )
 
 // Account names of the default server-config-mode layout.
@@ -728,31 +730,11 @@ func (f InstallFiles) WriteDir(dir string) error {
 		return fmt.Errorf("%s changed since it was read; nothing written", secretPath)
 	}
 	for _, file := range f.Files() {
-		if err := writeFileAtomic(filepath.Join(dir, file.Name), file.Data, file.Mode); err != nil {
+		if err := reload.WriteFile(filepath.Join(dir, file.Name), file.Data, file.Mode); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // NextSteps tells an operator what to run after WriteDir(dir), in order. Commands assume the
