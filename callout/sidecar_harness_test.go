@@ -654,6 +654,8 @@ func checkNoLeaks(t testing.TB, before map[string]string) {
 	t.Helper()
 	var leaked []string
 	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		leaked = leaked[:0]
 		for id, stack := range goroutines() {
@@ -670,7 +672,7 @@ func checkNoLeaks(t testing.TB, before map[string]string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines still running after the service stopped:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-tick.C
 	}
 }
 

@@ -149,11 +149,13 @@ func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*Verifier, 
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		<-tick.C
 	}
 }
 
@@ -454,7 +456,7 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 			return "http://" + addr + "/openid/v1/jwks", func() {
 				l, err := net.Listen("tcp", addr)
 				if err != nil {
-					t.Skipf("port %s taken meanwhile: %v", addr, err)
+					t.Fatalf("port %s was taken by another process before the JWKS server could come back on it: %v", addr, err)
 				}
 				srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: is[0].JWKSHandler()}}
 				srv.Start()
