@@ -34,10 +34,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -434,7 +432,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := metadata.NewForConfig(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -447,7 +445,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // deps are the outside-world parts serve runs against; dev mode supplies its own.
 type deps struct {
-	client     kubernetes.Interface
+	client     metadata.Interface
 	jwksURL    string
 	httpClient *http.Client
 	log        *slog.Logger
@@ -852,21 +850,23 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	if dc.XKey {
 		serveArgs = append(serveArgs, "--nats-xkey-file", keys.xkeyFile)
 	}
-	var client kubernetes.Interface
+	var client metadata.Interface
+	var cluster *kube.MemoryCluster
 	if dc.Kubeconfig != "" {
 		rc, namespaces, err := devCluster(dc)
 		if err != nil {
 			return err
 		}
-		if client, err = kubernetes.NewForConfig(rc); err != nil {
+		if client, err = metadata.NewForConfig(rc); err != nil {
 			return fmt.Errorf("--kubeconfig: kubernetes client: %w", err)
 		}
 		dc.Namespaces = strings.Join(namespaces, ",")
 		serveArgs = append(serveArgs, "--watch-namespaces", dc.Namespaces)
 	} else {
-		// The simple tracker: field management (server-side apply) is not needed, and the
-		// managed-fields tracker of NewClientset spends most of a second parsing OpenAPI schemas.
-		client = fake.NewSimpleClientset()
+		if cluster, err = kube.NewMemoryCluster(); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		client = cluster.Client()
 	}
 	c, err := parseConfig(serveArgs, func(string) (string, bool) { return "", false }, stderr)
 	if err != nil {
@@ -879,9 +879,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		client: client, jwksURL: c.JWKSURL, httpClient: &http.Client{Timeout: 10 * time.Second},
 		log: log, reg: prometheus.NewRegistry(), listener: httpLn,
 	}
-	var list func(context.Context) ([]corev1.ServiceAccount, error)
+	var list func(context.Context) ([]kube.ServiceAccount, error)
 	if dc.Kubeconfig != "" {
-		list = func(ctx context.Context) ([]corev1.ServiceAccount, error) {
+		list = func(ctx context.Context) ([]kube.ServiceAccount, error) {
 			return listServiceAccounts(ctx, client, splitList(dc.Namespaces))
 		}
 		sas, err := list(ctx)
@@ -893,8 +893,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		}
 	} else {
 		d.watch = func(w *reload.Watcher) error {
-			apply := func(sas []corev1.ServiceAccount) error {
-				res, err := kube.SyncServiceAccounts(ctx, client, sas)
+			apply := func(sas []kube.ServiceAccount) error {
+				res, err := kube.SyncServiceAccounts(ctx, cluster, sas)
 				if err != nil {
 					return err
 				}
@@ -903,7 +903,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 				logPolicies(log, defaults, res.ServiceAccounts)
 				return tokens.set(res.ServiceAccounts)
 			}
-			f, err := reload.Add(w, "manifest", dc.Manifest, kube.ParseServiceAccounts, func(sas []corev1.ServiceAccount) {
+			f, err := reload.Add(w, "manifest", dc.Manifest, kube.ParseServiceAccounts, func(sas []kube.ServiceAccount) {
 				if err := apply(sas); err != nil {
 					log.Error("manifest not applied", "path", dc.Manifest, "error", err)
 				}
@@ -1102,10 +1102,10 @@ func devCluster(dc devConfig) (*rest.Config, []string, error) {
 }
 
 // listServiceAccounts lists the ServiceAccounts of the namespaces, in namespace order.
-func listServiceAccounts(ctx context.Context, client kubernetes.Interface, namespaces []string) ([]corev1.ServiceAccount, error) {
-	var out []corev1.ServiceAccount
+func listServiceAccounts(ctx context.Context, client metadata.Interface, namespaces []string) ([]kube.ServiceAccount, error) {
+	var out []kube.ServiceAccount
 	for _, ns := range namespaces {
-		l, err := client.CoreV1().ServiceAccounts(ns).List(ctx, metav1.ListOptions{})
+		l, err := client.Resource(kube.ServiceAccountsResource).Namespace(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("list serviceaccounts in %s: %w", ns, err)
 		}
@@ -1116,7 +1116,7 @@ func listServiceAccounts(ctx context.Context, client kubernetes.Interface, names
 
 // logPolicies reports, for each ServiceAccount, what its annotations grant, and warns about
 // entries that were dropped or that make it refused: dev mode is where annotations get written.
-func logPolicies(log *slog.Logger, defaults kube.PolicyDefaults, sas []corev1.ServiceAccount) {
+func logPolicies(log *slog.Logger, defaults kube.PolicyDefaults, sas []kube.ServiceAccount) {
 	for _, sa := range sas {
 		p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
 		if err != nil {
@@ -1171,7 +1171,7 @@ type devTokens struct {
 	log      *slog.Logger
 
 	mu       sync.Mutex
-	accounts []corev1.ServiceAccount
+	accounts []kube.ServiceAccount
 }
 
 // path is where the token of namespace/name is written.
@@ -1181,7 +1181,7 @@ func (t *devTokens) path(namespace, name string) string {
 
 // set mints tokens for sas and remembers them for refreshes. The files of ServiceAccounts that
 // are gone stay: their tokens are now refused, which is worth trying.
-func (t *devTokens) set(sas []corev1.ServiceAccount) error {
+func (t *devTokens) set(sas []kube.ServiceAccount) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, sa := range sas {
@@ -1202,14 +1202,14 @@ func (t *devTokens) set(sas []corev1.ServiceAccount) error {
 }
 
 // current returns the ServiceAccounts tokens were last minted for.
-func (t *devTokens) current() []corev1.ServiceAccount {
+func (t *devTokens) current() []kube.ServiceAccount {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return slices.Clone(t.accounts)
 }
 
 // run re-mints the tokens until ctx is done; list, if set, re-reads the ServiceAccounts first.
-func (t *devTokens) run(ctx context.Context, list func(context.Context) ([]corev1.ServiceAccount, error)) error {
+func (t *devTokens) run(ctx context.Context, list func(context.Context) ([]kube.ServiceAccount, error)) error {
 	tick := time.NewTicker(t.ttl * 8 / 10)
 	defer tick.Stop()
 	for {
@@ -1244,7 +1244,7 @@ type devAccount struct {
 func (a devAccount) String() string { return a.Namespace + "/" + a.Name }
 
 // devAccounts parses the policy of each ServiceAccount; refused ones are left out.
-func devAccounts(sas []corev1.ServiceAccount, defaults kube.PolicyDefaults) []devAccount {
+func devAccounts(sas []kube.ServiceAccount, defaults kube.PolicyDefaults) []devAccount {
 	var out []devAccount
 	for _, sa := range sas {
 		p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)

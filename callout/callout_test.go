@@ -312,7 +312,7 @@ func TestHostileTokens(t *testing.T) {
 		leavingTok, _ := e.issuer.ServiceAccountToken("ns1", "leaving", string(deleting.UID), []string{audience}, time.Hour)
 		deleting.DeletionTimestamp = &metav1.Time{Time: now}
 		deleting.Finalizers = []string{"example.com/hold"}
-		if _, err := e.kube.CoreV1().ServiceAccounts("ns1").Update(context.Background(), deleting, metav1.UpdateOptions{}); err != nil {
+		if _, err := e.kube.Update(context.Background(), deleting); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "deletion seen", func() bool {
@@ -512,7 +512,7 @@ func TestAnnotationUpdateReachesNextConnection(t *testing.T) {
 	token, sa := e.serviceAccount("ns", "app", nil)
 	expectPublish(t, e, token, "metrics.cpu", false)
 	sa.Annotations = map[string]string{"nats.io/allowed-pub-subjects": "metrics.>"}
-	if _, err := e.kube.CoreV1().ServiceAccounts("ns").Update(context.Background(), sa, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.kube.Update(context.Background(), sa); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "annotation in cache", func() bool {

@@ -18,10 +18,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -146,7 +144,7 @@ type env struct {
 	server  *server.Server
 	keys    keys
 	issuer  *kube.TokenIssuer
-	kube    *fake.Clientset
+	kube    *kube.MemoryCluster
 	reg     *prometheus.Registry
 	logs    *syncBuffer
 	handler *callout.Handler
@@ -169,7 +167,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e, _ := newOperatorEnv(t, o, operatorVariant{})
 		return e
 	}
-	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: fake.NewClientset(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	e.server, _ = startServer(t, serverConfig(t, -1, e.keys))
 	e.url = e.server.ClientURL()
 
@@ -188,7 +186,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := kube.NewStore(e.kube, kube.StoreConfig{Logger: log, Registerer: e.reg})
+	store, err := kube.NewStore(e.kube.Client(), kube.StoreConfig{Logger: log, Registerer: e.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,13 +238,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 }
 
 // serviceAccount creates a ServiceAccount and returns a token for it.
-func (e *env) serviceAccount(ns, name string, annotations map[string]string) (string, *corev1.ServiceAccount) {
+func (e *env) serviceAccount(ns, name string, annotations map[string]string) (string, *kube.ServiceAccount) {
 	e.t.Helper()
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+	sa := &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Namespace: ns, Name: name, UID: types.UID(fmt.Sprintf("uid-%s-%s-%d", ns, name, time.Now().UnixNano())),
 		Annotations: annotations,
 	}}
-	created, err := e.kube.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{})
+	created, err := e.kube.Create(context.Background(), sa)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -323,4 +321,14 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// newMemoryCluster returns an empty in-memory stand-in for the API server's ServiceAccounts.
+func newMemoryCluster(t testing.TB) *kube.MemoryCluster {
+	t.Helper()
+	m, err := kube.NewMemoryCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

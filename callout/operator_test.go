@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -214,7 +213,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 	t.Helper()
 	w := newOperatorWorld(t, o.encrypted)
 	w.strict = v.strict
-	e := &env{t: t, keys: keys{service: w.service, issuer: w.auth, xkey: w.xkey}, kube: fake.NewClientset(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, keys: keys{service: w.service, issuer: w.auth, xkey: w.xkey}, kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	e.server, _ = startServer(t, w.serverConfig(!v.noDefaultSentinel))
 	e.url = e.server.ClientURL()
 	e.adminAuth = nats.UserCredentials(w.creds("admin", newKP(t, nkeys.CreateUser), w.app, w.appSK, nil))
@@ -268,7 +267,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.store, err = kube.NewStore(e.kube, kube.StoreConfig{Logger: log, Registerer: e.reg}); err != nil {
+	if e.store, err = kube.NewStore(e.kube.Client(), kube.StoreConfig{Logger: log, Registerer: e.reg}); err != nil {
 		t.Fatal(err)
 	}
 	metrics := callout.NewMetrics(e.reg)

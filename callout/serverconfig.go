@@ -14,7 +14,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nkeys"
-	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
@@ -450,7 +450,15 @@ func SecretManifest(namespace, name string, s Seeds) ([]byte, error) {
 // ParseSecretManifest reads a Secret written by SecretManifest, or the output of
 // `kubectl get secret NAME -o yaml` (data or stringData), and returns its seeds.
 func ParseSecretManifest(data []byte) (namespace, name string, s Seeds, err error) {
-	var sec corev1.Secret
+	// The fields of a v1 Secret, so that strict decoding takes what kubectl prints.
+	var sec struct {
+		metav1.TypeMeta   `json:",inline"`
+		metav1.ObjectMeta `json:"metadata,omitempty"`
+		Immutable         *bool             `json:"immutable,omitempty"`
+		Data              map[string][]byte `json:"data,omitempty"`
+		StringData        map[string]string `json:"stringData,omitempty"`
+		Type              string            `json:"type,omitempty"`
+	}
 	if err := yaml.UnmarshalStrict(data, &sec); err != nil {
 		// Never include the input: it holds private keys.
 		return "", "", s, errors.New("not a Secret manifest: cannot parse it as YAML or JSON")

@@ -21,10 +21,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -253,7 +251,7 @@ func freePort(t testing.TB) int {
 type world struct {
 	t        testing.TB
 	issuer   *kube.TokenIssuer
-	kube     *fake.Clientset
+	kube     *kube.MemoryCluster
 	store    *kube.Store
 	verifier *kube.Verifier
 	logs     *syncBuffer
@@ -265,7 +263,7 @@ var rsaIssuer = sync.OnceValues(func() (*kube.TokenIssuer, error) { return kube.
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	w := &world{t: t, kube: fake.NewClientset(), logs: &syncBuffer{}}
+	w := &world{t: t, kube: newMemoryCluster(t), logs: &syncBuffer{}}
 	w.log = slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
 	if w.issuer, err = rsaIssuer(); err != nil {
@@ -280,7 +278,7 @@ func newWorld(t testing.TB) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.store, err = kube.NewStore(w.kube, kube.StoreConfig{Logger: w.log}); err != nil {
+	if w.store, err = kube.NewStore(w.kube.Client(), kube.StoreConfig{Logger: w.log}); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -297,10 +295,10 @@ func newWorld(t testing.TB) *world {
 // token creates a ServiceAccount and returns a token for it once the informer has it.
 func (w *world) token(ns, name string) string {
 	w.t.Helper()
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+	sa := &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Namespace: ns, Name: name, UID: types.UID(fmt.Sprintf("uid-%s-%s-%d", ns, name, time.Now().UnixNano())),
 	}}
-	created, err := w.kube.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{})
+	created, err := w.kube.Create(context.Background(), sa)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -10,13 +10,10 @@ import (
 	"maps"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 )
 
@@ -33,17 +30,19 @@ const maxManifestBytes = 4 << 20
 // ParseServiceAccounts reads ServiceAccounts from a manifest as `kubectl apply -f` takes it: YAML
 // documents separated by "---" (or JSON), each a v1 ServiceAccount or a List of them (the output
 // of `kubectl get serviceaccounts -o yaml`). A ServiceAccount without a namespace is in
-// "default". Only the name, namespace, uid, labels and annotations are kept.
+// "default". Only the name, namespace, uid, labels and annotations are kept; the other fields of
+// a v1 ServiceAccount (secrets, imagePullSecrets, automountServiceAccountToken) are accepted and
+// dropped.
 //
 // Unknown fields are errors, so a misspelt "annotations:" is reported rather than silently
 // granting nothing; so are invalid names and a ServiceAccount listed twice. Empty documents are
 // skipped and an empty manifest gives no ServiceAccounts.
-func ParseServiceAccounts(data []byte) ([]corev1.ServiceAccount, error) {
+func ParseServiceAccounts(data []byte) ([]ServiceAccount, error) {
 	if len(data) > maxManifestBytes {
 		return nil, fmt.Errorf("manifest is %d bytes, limit %d", len(data), maxManifestBytes)
 	}
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var out []corev1.ServiceAccount
+	var out []ServiceAccount
 	seen := map[string]int{}
 	for doc := 1; ; doc++ {
 		raw, err := r.Read()
@@ -72,7 +71,7 @@ func ParseServiceAccounts(data []byte) ([]corev1.ServiceAccount, error) {
 }
 
 // decodeServiceAccounts decodes one document: nothing, a ServiceAccount or a List of them.
-func decodeServiceAccounts(raw []byte) ([]corev1.ServiceAccount, error) {
+func decodeServiceAccounts(raw []byte) ([]ServiceAccount, error) {
 	var probe any
 	if err := yaml.Unmarshal(raw, &probe); err != nil {
 		return nil, err
@@ -86,21 +85,21 @@ func decodeServiceAccounts(raw []byte) ([]corev1.ServiceAccount, error) {
 	}
 	switch {
 	case tm.Kind == "ServiceAccount" && tm.APIVersion == "v1":
-		var sa corev1.ServiceAccount
+		var sa manifestServiceAccount
 		if err := yaml.UnmarshalStrict(raw, &sa); err != nil {
 			return nil, err
 		}
-		return []corev1.ServiceAccount{normalize(sa)}, nil
+		return []ServiceAccount{normalize(sa)}, nil
 	case (tm.Kind == "List" || tm.Kind == "ServiceAccountList") && tm.APIVersion == "v1":
 		var list struct {
 			metav1.TypeMeta `json:",inline"`
 			metav1.ListMeta `json:"metadata"`
-			Items           []corev1.ServiceAccount `json:"items"`
+			Items           []manifestServiceAccount `json:"items"`
 		}
 		if err := yaml.UnmarshalStrict(raw, &list); err != nil {
 			return nil, err
 		}
-		out := make([]corev1.ServiceAccount, 0, len(list.Items))
+		out := make([]ServiceAccount, 0, len(list.Items))
 		for i, sa := range list.Items {
 			if sa.Kind != "" && (sa.Kind != "ServiceAccount" || sa.APIVersion != "v1") {
 				return nil, fmt.Errorf("item %d is %s %s; only v1 ServiceAccounts are read", i, sa.APIVersion, sa.Kind)
@@ -115,13 +114,33 @@ func decodeServiceAccounts(raw []byte) ([]corev1.ServiceAccount, error) {
 	}
 }
 
+// manifestServiceAccount is a v1 ServiceAccount as written in a manifest: every field of the
+// API's type, so that strict decoding accepts what kubectl accepts and rejects misspellings.
+type manifestServiceAccount struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Secrets           []struct {
+		Kind            string `json:"kind,omitempty"`
+		Namespace       string `json:"namespace,omitempty"`
+		Name            string `json:"name,omitempty"`
+		UID             string `json:"uid,omitempty"`
+		APIVersion      string `json:"apiVersion,omitempty"`
+		ResourceVersion string `json:"resourceVersion,omitempty"`
+		FieldPath       string `json:"fieldPath,omitempty"`
+	} `json:"secrets,omitempty"`
+	ImagePullSecrets []struct {
+		Name string `json:"name,omitempty"`
+	} `json:"imagePullSecrets,omitempty"`
+	AutomountServiceAccountToken *bool `json:"automountServiceAccountToken,omitempty"`
+}
+
 // normalize keeps what the store reads and what identifies the object.
-func normalize(sa corev1.ServiceAccount) corev1.ServiceAccount {
+func normalize(sa manifestServiceAccount) ServiceAccount {
 	ns := sa.Namespace
 	if ns == "" {
 		ns = metav1.NamespaceDefault
 	}
-	return corev1.ServiceAccount{
+	return ServiceAccount{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: ns, Name: sa.Name, UID: sa.UID,
@@ -130,7 +149,7 @@ func normalize(sa corev1.ServiceAccount) corev1.ServiceAccount {
 	}
 }
 
-func validateServiceAccount(sa corev1.ServiceAccount) error {
+func validateServiceAccount(sa ServiceAccount) error {
 	if sa.Name == "" {
 		return errors.New("metadata.name is required")
 	}
@@ -147,30 +166,29 @@ func validateServiceAccount(sa corev1.ServiceAccount) error {
 type SyncResult struct {
 	// ServiceAccounts are the wanted ServiceAccounts as stored, in the order given, each with
 	// its uid.
-	ServiceAccounts []corev1.ServiceAccount
+	ServiceAccounts []ServiceAccount
 	// Created, Updated and Deleted count the changes; a ServiceAccount recreated because its
 	// uid changed counts as deleted and created.
 	Created, Updated, Deleted int
 }
 
-// SyncServiceAccounts makes the ServiceAccounts in client that carry ManagedByLabel exactly want,
-// so that informers (and so a Store) see every change as they would in a cluster. It creates the
-// missing ones (labelled, with a fresh uid unless want gives one), updates the labels and
-// annotations of changed ones keeping their uid, recreates one whose wanted uid differs from the
-// stored one (as a deleted and recreated ServiceAccount: tokens for the old uid stop working), and
-// deletes labelled ones that are no longer wanted.
+// SyncServiceAccounts makes the ServiceAccounts in the cluster that carry ManagedByLabel exactly
+// want, so that informers (and so a Store) see every change as they would in a real cluster. It
+// creates the missing ones (labelled, with a fresh uid unless want gives one), updates the labels
+// and annotations of changed ones keeping their uid, recreates one whose wanted uid differs from
+// the stored one (as a deleted and recreated ServiceAccount: tokens for the old uid stop working),
+// and deletes labelled ones that are no longer wanted.
 //
-// It is meant for a fake clientset (dev mode and tests). It never modifies or deletes a
-// ServiceAccount it did not create: a wanted name already taken by one is an error.
-func SyncServiceAccounts(ctx context.Context, client kubernetes.Interface, want []corev1.ServiceAccount) (SyncResult, error) {
+// It never modifies or deletes a ServiceAccount it did not create: a wanted name already taken
+// by one is an error.
+func SyncServiceAccounts(ctx context.Context, cluster *MemoryCluster, want []ServiceAccount) (SyncResult, error) {
 	var res SyncResult
-	api := client.CoreV1()
-	existing, err := api.ServiceAccounts(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedBy})
+	existing, err := cluster.List(ctx, metav1.NamespaceAll, ManagedByLabel+"="+ManagedBy)
 	if err != nil {
-		return res, fmt.Errorf("list serviceaccounts: %w", err)
+		return res, err
 	}
-	current := make(map[string]corev1.ServiceAccount, len(existing.Items))
-	for _, sa := range existing.Items {
+	current := make(map[string]ServiceAccount, len(existing))
+	for _, sa := range existing {
 		current[sa.Namespace+"/"+sa.Name] = sa
 	}
 	wanted := make(map[string]bool, len(want))
@@ -184,7 +202,7 @@ func SyncServiceAccounts(ctx context.Context, client kubernetes.Interface, want 
 		labels[ManagedByLabel] = ManagedBy
 		cur, ok := current[key]
 		if ok && w.UID != "" && w.UID != cur.UID {
-			if err := api.ServiceAccounts(cur.Namespace).Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			if err := cluster.Delete(ctx, cur.Namespace, cur.Name); err != nil && !apierrors.IsNotFound(err) {
 				return res, fmt.Errorf("recreate serviceaccount %s with uid %s: %w", key, w.UID, err)
 			}
 			res.Deleted++
@@ -192,27 +210,24 @@ func SyncServiceAccounts(ctx context.Context, client kubernetes.Interface, want 
 		}
 		switch {
 		case !ok:
-			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+			sa := &ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 				Namespace: w.Namespace, Name: w.Name, UID: w.UID, Labels: labels, Annotations: maps.Clone(w.Annotations),
 			}}
-			if sa.UID == "" {
-				sa.UID = uuid.NewUUID()
-			}
-			created, err := api.ServiceAccounts(w.Namespace).Create(ctx, sa, metav1.CreateOptions{})
+			created, err := cluster.Create(ctx, sa)
 			if apierrors.IsAlreadyExists(err) {
-				return res, fmt.Errorf("create serviceaccount %s: it exists and was not created by this sync, so it is left alone: %w", key, err)
+				return res, fmt.Errorf("serviceaccount %s exists and was not created by this sync, so it is left alone: %w", key, err)
 			}
 			if err != nil {
-				return res, fmt.Errorf("create serviceaccount %s: %w", key, err)
+				return res, err
 			}
 			res.Created++
 			res.ServiceAccounts = append(res.ServiceAccounts, *created)
 		case !maps.Equal(cur.Labels, labels) || !maps.Equal(cur.Annotations, w.Annotations):
 			sa := cur.DeepCopy()
 			sa.Labels, sa.Annotations = labels, maps.Clone(w.Annotations)
-			updated, err := api.ServiceAccounts(w.Namespace).Update(ctx, sa, metav1.UpdateOptions{})
+			updated, err := cluster.Update(ctx, sa)
 			if err != nil {
-				return res, fmt.Errorf("update serviceaccount %s: %w", key, err)
+				return res, err
 			}
 			res.Updated++
 			res.ServiceAccounts = append(res.ServiceAccounts, *updated)
@@ -224,8 +239,8 @@ func SyncServiceAccounts(ctx context.Context, client kubernetes.Interface, want 
 		if wanted[key] {
 			continue
 		}
-		if err := api.ServiceAccounts(cur.Namespace).Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			return res, fmt.Errorf("delete serviceaccount %s: %w", key, err)
+		if err := cluster.Delete(ctx, cur.Namespace, cur.Name); err != nil && !apierrors.IsNotFound(err) {
+			return res, err
 		}
 		res.Deleted++
 	}

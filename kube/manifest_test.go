@@ -8,10 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
 )
 
 func TestParseServiceAccounts(t *testing.T) {
@@ -82,7 +80,7 @@ items:
 			}
 			var got []string
 			for _, sa := range sas {
-				if sa.ResourceVersion != "" || !sa.CreationTimestamp.IsZero() || sa.Secrets != nil {
+				if sa.ResourceVersion != "" || !sa.CreationTimestamp.IsZero() {
 					t.Errorf("%s/%s keeps server-side fields: %+v", sa.Namespace, sa.Name, sa)
 				}
 				got = append(got, fmt.Sprint(sa.Namespace+"/"+sa.Name, " ", sa.UID, " ", sa.Annotations))
@@ -152,28 +150,28 @@ func TestParseServiceAccountsExample(t *testing.T) {
 	}
 }
 
-func managedSA(ns, name, uid string, annotations map[string]string) *corev1.ServiceAccount {
-	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+func managedSA(ns, name, uid string, annotations map[string]string) *ServiceAccount {
+	return &ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations,
 		Labels: map[string]string{ManagedByLabel: ManagedBy},
 	}}
 }
 
-func wantSA(ns, name, uid string, annotations map[string]string) corev1.ServiceAccount {
-	return corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations}}
+func wantSA(ns, name, uid string, annotations map[string]string) ServiceAccount {
+	return ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations}}
 }
 
 func TestSyncServiceAccounts(t *testing.T) {
 	ctx := context.Background()
-	foreign := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "default", UID: "foreign"}}
-	client := fake.NewClientset(
+	foreign := &ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "default", UID: "foreign"}}
+	client := memoryCluster(t,
 		foreign,
 		managedSA("a", "kept", "uid-kept", map[string]string{"k": "v"}),
 		managedSA("a", "changed", "uid-changed", map[string]string{"k": "old"}),
 		managedSA("a", "recreated", "uid-old", nil),
 		managedSA("b", "gone", "uid-gone", nil),
 	)
-	res, err := SyncServiceAccounts(ctx, client, []corev1.ServiceAccount{
+	res, err := SyncServiceAccounts(ctx, client, []ServiceAccount{
 		wantSA("a", "kept", "", map[string]string{"k": "v"}),
 		wantSA("a", "changed", "", map[string]string{"k": "new"}),
 		wantSA("a", "recreated", "uid-new", nil),
@@ -193,9 +191,9 @@ func TestSyncServiceAccounts(t *testing.T) {
 		t.Errorf("result ServiceAccounts = %s, want them in the order given", g)
 	}
 
-	get := func(ns, name string) *corev1.ServiceAccount {
+	get := func(ns, name string) *ServiceAccount {
 		t.Helper()
-		sa, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, name, metav1.GetOptions{})
+		sa, err := client.Get(ctx, ns, name)
 		if err != nil {
 			t.Fatalf("get %s/%s: %v", ns, name, err)
 		}
@@ -213,7 +211,7 @@ func TestSyncServiceAccounts(t *testing.T) {
 	if sa := get("b", "new"); sa.UID == "" || sa.Labels[ManagedByLabel] != ManagedBy || sa.Annotations["x"] != "y" {
 		t.Errorf("new = %+v, want a uid, the managed-by label and x=y", sa.ObjectMeta)
 	}
-	if _, err := client.CoreV1().ServiceAccounts("b").Get(ctx, "gone", metav1.GetOptions{}); err == nil {
+	if _, err := client.Get(ctx, "b", "gone"); err == nil {
 		t.Error("b/gone still exists")
 	}
 	if sa := get("kube-system", "default"); sa.UID != "foreign" {
@@ -221,8 +219,8 @@ func TestSyncServiceAccounts(t *testing.T) {
 	}
 
 	// A second sync with the same input changes nothing.
-	before := client.Actions()
-	res, err = SyncServiceAccounts(ctx, client, []corev1.ServiceAccount{
+	before := client.client.Actions()
+	res, err = SyncServiceAccounts(ctx, client, []ServiceAccount{
 		wantSA("a", "kept", "", map[string]string{"k": "v"}),
 		wantSA("a", "changed", "", map[string]string{"k": "new"}),
 		wantSA("a", "recreated", "uid-new", nil),
@@ -231,12 +229,12 @@ func TestSyncServiceAccounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Created+res.Updated+res.Deleted != 0 || len(client.Actions()) != len(before)+1 {
-		t.Errorf("idempotent sync did %+v with %d API calls, want only a list", res, len(client.Actions())-len(before))
+	if res.Created+res.Updated+res.Deleted != 0 || len(client.client.Actions()) != len(before)+1 {
+		t.Errorf("idempotent sync did %+v with %d API calls, want only a list", res, len(client.client.Actions())-len(before))
 	}
 
 	// A wanted name taken by a ServiceAccount the sync did not create is left alone.
-	if _, err := SyncServiceAccounts(ctx, client, []corev1.ServiceAccount{wantSA("kube-system", "default", "", nil)}); err == nil ||
+	if _, err := SyncServiceAccounts(ctx, client, []ServiceAccount{wantSA("kube-system", "default", "", nil)}); err == nil ||
 		!strings.Contains(err.Error(), "not created by this sync") {
 		t.Errorf("error = %v, want one saying the ServiceAccount is not ours", err)
 	}

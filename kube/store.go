@@ -7,15 +7,16 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,11 +40,19 @@ type StoreConfig struct {
 	Registerer prometheus.Registerer
 }
 
+// ServiceAccount is what the service reads of a ServiceAccount: its metadata (name, namespace,
+// uid, annotations, deletion timestamp). The Store lists and watches only that, through the
+// API server's metadata-only (PartialObjectMetadata) responses, so neither the cache nor the
+// binary carries the rest of the object.
+type ServiceAccount = metav1.PartialObjectMetadata
+
+// ServiceAccountsResource is the resource the Store lists and watches.
+var ServiceAccountsResource = schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}
+
 // Store answers "which permissions does this ServiceAccount have" from a shared-informer cache
 // of ServiceAccounts. It only reads; objects from the cache are never modified.
 type Store struct {
-	factories []informers.SharedInformerFactory
-	listers   map[string]listersv1.ServiceAccountLister // by namespace; "" = cluster-wide
+	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
 	synced    []cache.InformerSynced
 	defaults  PolicyDefaults
 	log       *slog.Logger
@@ -53,7 +62,9 @@ type Store struct {
 }
 
 // NewStore builds the informers (without starting them: see Run) and validates the config.
-func NewStore(client kubernetes.Interface, cfg StoreConfig) (*Store, error) {
+// client is a metadata client: metadata.NewForConfig for a cluster, MemoryCluster.Client in dev
+// mode and tests.
+func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("kube: kubernetes client is required")
 	}
@@ -77,9 +88,9 @@ func NewStore(client kubernetes.Interface, cfg StoreConfig) (*Store, error) {
 	}
 	factory := promauto.With(cfg.Registerer)
 	s := &Store{
-		listers:  make(map[string]listersv1.ServiceAccountLister),
-		defaults: cfg.Defaults,
-		log:      logger,
+		informers: make(map[string]cache.SharedIndexInformer),
+		defaults:  cfg.Defaults,
+		log:       logger,
 		count: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_serviceaccounts",
 			Help: "ServiceAccounts in the informer cache.",
@@ -90,21 +101,33 @@ func NewStore(client kubernetes.Interface, cfg StoreConfig) (*Store, error) {
 		}),
 	}
 	if len(namespaces) == 0 {
-		namespaces = []string{corev1.NamespaceAll}
+		namespaces = []string{metav1.NamespaceAll}
 	}
 	for _, ns := range namespaces {
-		f := informers.NewSharedInformerFactoryWithOptions(client, cfg.ResyncPeriod,
-			informers.WithNamespace(ns), informers.WithTransform(trimServiceAccount))
-		sa := f.Core().V1().ServiceAccounts()
-		reg, err := sa.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		api := client.Resource(ServiceAccountsResource).Namespace(ns)
+		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+				return api.List(ctx, opts)
+			},
+			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+				return api.Watch(ctx, opts)
+			},
+		}, client)
+		inf := cache.NewSharedIndexInformerWithOptions(lw, &ServiceAccount{}, cache.SharedIndexInformerOptions{
+			ResyncPeriod:      cfg.ResyncPeriod,
+			ObjectDescription: "serviceaccounts",
+		})
+		if err := inf.SetTransform(trimServiceAccount); err != nil {
+			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
+		}
+		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { s.count.Inc() },
 			DeleteFunc: func(any) { s.count.Dec() },
 		})
 		if err != nil {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
 		}
-		s.factories = append(s.factories, f)
-		s.listers[ns] = sa.Lister()
+		s.informers[ns] = inf
 		// The handler registration is synced once the informer is and the handler has seen
 		// the initial list, so the count gauge is right by then too.
 		s.synced = append(s.synced, reg.HasSynced)
@@ -115,13 +138,13 @@ func NewStore(client kubernetes.Interface, cfg StoreConfig) (*Store, error) {
 // trimServiceAccount drops what the store never reads to keep the cache small. It copies
 // rather than mutates: the object may still be referenced by whoever decoded it.
 func trimServiceAccount(obj any) (any, error) {
-	sa, ok := obj.(*corev1.ServiceAccount)
+	sa, ok := obj.(*ServiceAccount)
 	if !ok {
 		return obj, nil
 	}
 	trimmed := *sa
 	trimmed.ManagedFields = nil
-	trimmed.Secrets, trimmed.ImagePullSecrets = nil, nil
+	trimmed.OwnerReferences = nil
 	return &trimmed, nil
 }
 
@@ -133,15 +156,12 @@ func (s *Store) Run(ctx context.Context) error {
 		return errors.New("kube: store already running")
 	}
 	defer s.syncGauge.Set(0)
-	for _, f := range s.factories {
-		f.Start(ctx.Done())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, inf := range s.informers {
+		wg.Go(func() { inf.RunWithContext(ctx) })
 	}
-	defer func() {
-		for _, f := range s.factories {
-			f.Shutdown()
-		}
-	}()
-	s.log.InfoContext(ctx, "serviceaccount informer started", "informers", len(s.factories))
+	s.log.InfoContext(ctx, "serviceaccount informer started", "informers", len(s.informers))
 	if cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		s.syncGauge.Set(1)
 		s.log.InfoContext(ctx, "serviceaccount informer synced")
@@ -180,24 +200,28 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 }
 
 // lookup finds a ServiceAccount in the cache. The object is shared with the informer: read only.
-func (s *Store) lookup(namespace, name string) (*corev1.ServiceAccount, error) {
-	lister, ok := s.listers[corev1.NamespaceAll]
+func (s *Store) lookup(namespace, name string) (*ServiceAccount, error) {
+	inf, ok := s.informers[metav1.NamespaceAll]
 	if !ok {
-		if lister, ok = s.listers[namespace]; !ok {
+		if inf, ok = s.informers[namespace]; !ok {
 			return nil, fmt.Errorf("%w: %s/%s: namespace not watched", ErrServiceAccountNotFound, namespace, name)
 		}
 	}
 	if namespace == "" || name == "" {
 		return nil, fmt.Errorf("%w: empty namespace or name", ErrServiceAccountNotFound)
 	}
-	sa, err := lister.ServiceAccounts(namespace).Get(name)
+	obj, exists, err := inf.GetIndexer().GetByKey(namespace + "/" + name)
 	switch {
-	case apierrors.IsNotFound(err) && !s.HasSynced():
-		return nil, fmt.Errorf("%w: %s/%s not found yet", ErrNotSynced, namespace, name)
-	case apierrors.IsNotFound(err):
-		return nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
 	case err != nil:
 		return nil, fmt.Errorf("look up serviceaccount %s/%s: %w", namespace, name, err)
+	case !exists && !s.HasSynced():
+		return nil, fmt.Errorf("%w: %s/%s not found yet", ErrNotSynced, namespace, name)
+	case !exists:
+		return nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
+	}
+	sa, ok := obj.(*ServiceAccount)
+	if !ok {
+		return nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
 	}
 	return sa, nil
 }

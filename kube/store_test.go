@@ -9,25 +9,33 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/metadata"
 )
 
-func serviceAccount(ns, name, uid string, annotations map[string]string) *corev1.ServiceAccount {
-	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+func serviceAccount(ns, name, uid string, annotations map[string]string) *ServiceAccount {
+	return &ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations,
 	}}
 }
 
-// startStore runs a Store over client until the test ends and waits for its cache to sync.
-func startStore(t *testing.T, client kubernetes.Interface, cfg StoreConfig) (*Store, *prometheus.Registry) {
+// memoryCluster returns a MemoryCluster holding sas.
+func memoryCluster(t *testing.T, sas ...*ServiceAccount) *MemoryCluster {
+	t.Helper()
+	m, err := NewMemoryCluster(sas...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startStore runs a Store over the cluster until the test ends and waits for its cache to sync.
+func startStore(t *testing.T, cluster *MemoryCluster, cfg StoreConfig) (*Store, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	s, err := NewStore(client, cfg)
+	s, err := NewStore(cluster.Client(), cfg)
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}
@@ -56,7 +64,7 @@ func TestStorePolicy(t *testing.T) {
 	deleting := serviceAccount("team-a", "leaving", "uid-leaving", nil)
 	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	deleting.Finalizers = []string{"example.com/hold"}
-	client := fake.NewClientset(
+	client := memoryCluster(t,
 		serviceAccount("team-a", "app", "uid-app", map[string]string{AnnotationAllowedPub: "orders.>"}),
 		serviceAccount("team-a", "broken", "uid-broken", map[string]string{AnnotationDeniedSub: "a..b"}),
 		deleting,
@@ -96,9 +104,8 @@ func TestStorePolicy(t *testing.T) {
 
 func TestStoreFollowsChanges(t *testing.T) {
 	ctx := context.Background()
-	client := fake.NewClientset(serviceAccount("team-a", "app", "uid-1", nil))
+	client := memoryCluster(t, serviceAccount("team-a", "app", "uid-1", nil))
 	s, reg := startStore(t, client, StoreConfig{})
-	sas := client.CoreV1().ServiceAccounts("team-a")
 	id := Identity{Namespace: "team-a", Name: "app", UID: "uid-1"}
 	policyHas := func(id Identity, subject string) func() bool {
 		return func() bool {
@@ -117,13 +124,13 @@ func TestStoreFollowsChanges(t *testing.T) {
 	}
 
 	// An annotation update reaches the next Policy call.
-	sa, err := sas.Get(ctx, "app", metav1.GetOptions{})
+	sa, err := client.Get(ctx, "team-a", "app")
 	if err != nil {
 		t.Fatal(err)
 	}
 	sa = sa.DeepCopy()
 	sa.Annotations = map[string]string{AnnotationAllowedSub: "events.>"}
-	if _, err := sas.Update(ctx, sa, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.Update(ctx, sa); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "annotation update", 10*time.Second, policyHas(id, "events.>"))
@@ -132,13 +139,13 @@ func TestStoreFollowsChanges(t *testing.T) {
 	sa = sa.DeepCopy()
 	sa.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	sa.Finalizers = []string{"example.com/hold"}
-	if _, err := sas.Update(ctx, sa, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.Update(ctx, sa); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "deletion timestamp", 10*time.Second, policyErr(id, ErrServiceAccountDeleting))
 
 	// Deleted: not found, and the gauge follows.
-	if err := sas.Delete(ctx, "app", metav1.DeleteOptions{}); err != nil {
+	if err := client.Delete(ctx, "team-a", "app"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "deletion", 10*time.Second, policyErr(id, ErrServiceAccountNotFound))
@@ -147,7 +154,7 @@ func TestStoreFollowsChanges(t *testing.T) {
 	}
 
 	// Recreated under the same name: tokens of the old one are refused, new ones accepted.
-	if _, err := sas.Create(ctx, serviceAccount("team-a", "app", "uid-2", nil), metav1.CreateOptions{}); err != nil {
+	if _, err := client.Create(ctx, serviceAccount("team-a", "app", "uid-2", nil)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "recreation", 10*time.Second, policyErr(id, ErrUIDMismatch))
@@ -161,7 +168,7 @@ func TestStoreFollowsChanges(t *testing.T) {
 
 func TestStoreNamespaceLimited(t *testing.T) {
 	ctx := context.Background()
-	client := fake.NewClientset(
+	client := memoryCluster(t,
 		serviceAccount("team-a", "app", "uid-a", nil),
 		serviceAccount("team-b", "app", "uid-b", nil),
 		serviceAccount("team-c", "app", "uid-c", nil),
@@ -180,10 +187,10 @@ func TestStoreNamespaceLimited(t *testing.T) {
 	}
 
 	// Changes elsewhere are not even seen; changes in a watched namespace are.
-	if _, err := client.CoreV1().ServiceAccounts("team-b").Create(ctx, serviceAccount("team-b", "new", "uid-bn", nil), metav1.CreateOptions{}); err != nil {
+	if _, err := client.Create(ctx, serviceAccount("team-b", "new", "uid-bn", nil)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.CoreV1().ServiceAccounts("team-a").Create(ctx, serviceAccount("team-a", "new", "uid-an", nil), metav1.CreateOptions{}); err != nil {
+	if _, err := client.Create(ctx, serviceAccount("team-a", "new", "uid-an", nil)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "new ServiceAccount in team-a", 10*time.Second, func() bool {
@@ -197,7 +204,7 @@ func TestStoreNamespaceLimited(t *testing.T) {
 
 func TestStoreNotSyncedAndLifecycle(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s, err := NewStore(fake.NewClientset(serviceAccount("team-a", "app", "uid-a", nil)), StoreConfig{Registerer: reg})
+	s, err := NewStore(memoryCluster(t, serviceAccount("team-a", "app", "uid-a", nil)).Client(), StoreConfig{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,10 +240,10 @@ func TestStoreNotSyncedAndLifecycle(t *testing.T) {
 }
 
 func TestNewStoreConfig(t *testing.T) {
-	client := fake.NewClientset()
+	client := memoryCluster(t).Client()
 	tests := []struct {
 		name    string
-		client  kubernetes.Interface
+		client  metadata.Interface
 		cfg     StoreConfig
 		wantErr string
 	}{
