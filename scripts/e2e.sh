@@ -75,7 +75,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 phase=$SECONDS
-"$E2E_ROOT/scripts/build-tools.sh" kube-apiserver kubectl etcd nats-server nats
+"$E2E_ROOT/scripts/build-tools.sh" kube-apiserver kubectl etcd nats-server nats nsc
 t_tools=$((SECONDS - phase))
 
 phase=$SECONDS
