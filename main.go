@@ -470,8 +470,11 @@ func serve(ctx context.Context, c config, d deps) error {
 	if err != nil {
 		return err
 	}
+	// Set in operator mode before the watcher runs; the reload callbacks re-check through it.
+	var opSetup *operatorSetup
 	signingKeys, err := reload.Add(watcher, "signing_key", c.SigningKeyFile, callout.ParseSigningKeys, func(k *callout.KeyRing) {
 		log.Info("signing keys reloaded", "issuers", k)
+		opSetup.recheck()
 	})
 	if err != nil {
 		return fmt.Errorf("NATS_SIGNING_KEY_FILE: %w", err)
@@ -480,6 +483,7 @@ func serve(ctx context.Context, c config, d deps) error {
 	if c.XKeyFile != "" {
 		f, err := reload.Add(watcher, "xkey", c.XKeyFile, callout.ParseXKey, func(x *callout.XKey) {
 			log.Info("xkey reloaded", "xkey", x)
+			opSetup.recheck()
 		})
 		if err != nil {
 			return fmt.Errorf("NATS_XKEY_FILE: %w", err)
@@ -494,6 +498,7 @@ func serve(ctx context.Context, c config, d deps) error {
 			if svc != nil {
 				svc.Rotate()
 			}
+			opSetup.recheck()
 		})
 		if err != nil {
 			return fmt.Errorf("NATS_CREDS_FILE: %w", err)
@@ -525,9 +530,14 @@ func serve(ctx context.Context, c config, d deps) error {
 
 	var operator *callout.OperatorConfig
 	if c.operator() {
-		if operator, err = operatorMode(c, watcher, log, signingKeys, creds, xkey); err != nil {
+		if operator, opSetup, err = operatorMode(c, watcher, log, signingKeys, creds, xkey); err != nil {
 			return err
 		}
+		opSetup.gauge = promauto.With(reg).NewGauge(prometheus.GaugeOpts{
+			Name: "nats_callout_operator_setup_ok",
+			Help: "Operator mode: 1 while the mounted creds, keys and account JWTs agree with each other, 0 after a reload made them disagree.",
+		})
+		opSetup.gauge.Set(1)
 	}
 
 	metrics := callout.NewMetrics(reg)
@@ -570,7 +580,7 @@ func serve(ctx context.Context, c config, d deps) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		ready(w, checks, handler)
+		ready(w, checks, handler, opSetup.Err())
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -614,50 +624,106 @@ func serve(ctx context.Context, c config, d deps) error {
 	return err
 }
 
-// operatorMode loads the target account's signing key and cross-checks the operator-mode
-// files at start-up, so a wrong key or a scoped signing key stops the service with an
-// explanation instead of failing every client later.
+// operatorMode loads the target account's signing key and the account JWTs and cross-checks
+// the operator-mode files at start-up, so a wrong key or a scoped signing key stops the service
+// with an explanation instead of failing every client later. The account JWT files reload like
+// the key files; after any reload the returned setup check runs again (see recheck), because a
+// rotation changes several files that must agree.
 func operatorMode(c config, w *reload.Watcher, log *slog.Logger, signingKeys *reload.File[*callout.KeyRing],
-	creds func() *callout.Credentials, xkey func() *callout.XKey) (*callout.OperatorConfig, error) {
+	creds func() *callout.Credentials, xkey func() *callout.XKey) (*callout.OperatorConfig, *operatorSetup, error) {
+	o := &operatorSetup{log: log}
 	targetKeys := signingKeys.Current
 	if c.TargetSigningKeyFile != "" && c.TargetSigningKeyFile != c.SigningKeyFile {
 		f, err := reload.Add(w, "target_signing_key", c.TargetSigningKeyFile, callout.ParseSigningKeys, func(k *callout.KeyRing) {
 			log.Info("target account signing keys reloaded", "keys", k)
+			o.recheck()
 		})
 		if err != nil {
-			return nil, fmt.Errorf("NATS_TARGET_SIGNING_KEY_FILE: %w", err)
+			return nil, nil, fmt.Errorf("NATS_TARGET_SIGNING_KEY_FILE: %w", err)
 		}
 		targetKeys = f.Current
 	}
-	setup := callout.OperatorSetup{
-		Credentials: creds(), SigningKeys: signingKeys.Current(), TargetAccount: c.Account,
-		TargetKeys: targetKeys(), XKey: xkey(),
-	}
-	for _, j := range []struct {
-		path, setting string
-		dst           **jwt.AccountClaims
-	}{
-		{c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE", &setup.CalloutAccountJWT},
-		{c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE", &setup.TargetAccountJWT},
-	} {
-		if j.path == "" {
-			continue
+	accountJWT := func(name, path, setting string) (func() *jwt.AccountClaims, error) {
+		if path == "" {
+			return func() *jwt.AccountClaims { return nil }, nil
 		}
-		data, err := os.ReadFile(j.path)
+		f, err := reload.Add(w, name, path, callout.ParseAccountJWT, func(ac *jwt.AccountClaims) {
+			log.Info("account JWT reloaded", "file", name, "account", ac.Subject, "signing_keys", len(ac.SigningKeys))
+			o.recheck()
+		})
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", j.setting, err)
+			return nil, fmt.Errorf("%s: %w", setting, err)
 		}
-		if *j.dst, err = callout.ParseAccountJWT(data); err != nil {
-			return nil, fmt.Errorf("%s: %w", j.setting, err)
+		return f.Current, nil
+	}
+	calloutJWT, err := accountJWT("callout_account_jwt", c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE")
+	if err != nil {
+		return nil, nil, err
+	}
+	targetJWT, err := accountJWT("target_account_jwt", c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE")
+	if err != nil {
+		return nil, nil, err
+	}
+	o.current = func() callout.OperatorSetup {
+		return callout.OperatorSetup{
+			Credentials: creds(), SigningKeys: signingKeys.Current(), TargetAccount: c.Account,
+			TargetKeys: targetKeys(), XKey: xkey(), CalloutAccountJWT: calloutJWT(), TargetAccountJWT: targetJWT(),
 		}
 	}
-	if err := callout.CheckOperatorSetup(setup); err != nil {
-		return nil, err
+	if err := callout.CheckOperatorSetup(o.current()); err != nil {
+		return nil, nil, err
 	}
 	return &callout.OperatorConfig{
 		CalloutAccount: func() string { return creds().Account() },
 		TargetKeys:     targetKeys,
-	}, nil
+	}, o, nil
+}
+
+// operatorSetup re-runs the operator-mode start-up check after a reload. A mismatch found then
+// does not stop the service or reject the file (during a rotation the Secret and the ConfigMap
+// reach the pod at different moments), but it is logged as an error, shown on /readyz and in
+// nats_callout_operator_setup_ok until the files agree again.
+type operatorSetup struct {
+	log     *slog.Logger
+	current func() callout.OperatorSetup
+	gauge   prometheus.Gauge
+	mu      sync.Mutex
+	err     error
+}
+
+// recheck runs the check on the files now in use. Safe to call before current is set.
+func (o *operatorSetup) recheck() {
+	if o == nil || o.current == nil {
+		return
+	}
+	err := callout.CheckOperatorSetup(o.current())
+	o.mu.Lock()
+	prev := o.err
+	o.err = err
+	o.mu.Unlock()
+	if o.gauge != nil {
+		ok := 0.0
+		if err == nil {
+			ok = 1
+		}
+		o.gauge.Set(ok)
+	}
+	switch {
+	case err != nil:
+		o.log.Error("operator-mode files disagree after a reload; logins may be refused until they agree again", "error", err)
+	case prev != nil:
+		o.log.Info("operator-mode files agree again")
+	}
+}
+
+// Err is the result of the last check.
+func (o *operatorSetup) Err() error {
+	if o == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.err
 }
 
 type check struct {
@@ -666,7 +732,7 @@ type check struct {
 }
 
 // ready writes one line per readiness condition and answers 503 if any fails.
-func ready(w http.ResponseWriter, checks []check, h *callout.Handler) {
+func ready(w http.ResponseWriter, checks []check, h *callout.Handler, setupErr error) {
 	var b strings.Builder
 	ok := true
 	for _, c := range checks {
@@ -681,6 +747,9 @@ func ready(w http.ResponseWriter, checks []check, h *callout.Handler) {
 	// an unready sidecar would take its whole NATS pod out of service.
 	if want, bad := h.UnknownIssuer(10 * time.Minute); bad {
 		fmt.Fprintf(&b, "[!] issuer: a nats-server expects issuer %s, which NATS_SIGNING_KEY_FILE does not hold\n", want)
+	}
+	if setupErr != nil {
+		fmt.Fprintf(&b, "[!] operator_setup: %v\n", setupErr)
 	}
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)

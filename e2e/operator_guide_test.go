@@ -219,12 +219,18 @@ func TestOperatorGuide(t *testing.T) {
 	t.Run("step 5: rotating APP's signing key", func(t *testing.T) {
 		add, retire := splitAt(t, doc.commands(t, 5), "# then update app-signing.nk in the Secret")
 
+		preRotationJWT, err := os.ReadFile(filepath.Join(g.dir, "public", "app.jwt"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		g.run(t, "step 5 (new key added and pushed)", add)
 		g.noteSeeds(t)
 		oldKeyFile := filepath.Join(g.dir, "old-app-signing.nk")
-		before := reloads(t, svc, "target_signing_key")
+		beforeKey, beforeJWT := reloads(t, svc, "target_signing_key"), reloads(t, svc, "target_account_jwt")
 		g.updateObjects(t)
-		waitReload(t, svc, "target_signing_key", before)
+		waitReload(t, svc, "target_account_jwt", beforeJWT)
+		waitReload(t, svc, "target_signing_key", beforeKey)
+		wantSetupOK(t, svc, true)
 		// APP has both keys now; the service signs with the new one.
 		publishVia(t, url, tok, "shop.rotation.1")
 		if m := witness.next(t, "shop.rotation.1"); string(m.Data) != "rotated" {
@@ -232,7 +238,10 @@ func TestOperatorGuide(t *testing.T) {
 		}
 
 		g.run(t, "step 5 (old key retired)", retire)
+		beforeJWT = reloads(t, svc, "target_account_jwt")
 		g.updateObjects(t)
+		waitReload(t, svc, "target_account_jwt", beforeJWT)
+		wantSetupOK(t, svc, true)
 		// The old key is APP's no longer: users it signs are refused.
 		if nc, err := dial(url, g.appUser(t, appPub, oldKeyFile)); err == nil {
 			nc.Close()
@@ -245,12 +254,58 @@ func TestOperatorGuide(t *testing.T) {
 			t.Errorf("APP received %q", m.Data)
 		}
 
+		// A ConfigMap that does not list the sidecar's key (here: APP's JWT from before the
+		// rotation) is reported, not obeyed: the sidecar keeps signing, /readyz and the
+		// metric say the files disagree, and agreeing files clear it.
+		rotatedJWT, err := os.ReadFile(filepath.Join(g.dir, "public", "app.jwt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calloutJWT, err := os.ReadFile(filepath.Join(g.dir, "public", "auth.jwt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		beforeJWT = reloads(t, svc, "target_account_jwt")
+		g.accts.update(t, map[string][]byte{"auth.jwt": calloutJWT, "app.jwt": preRotationJWT})
+		waitReload(t, svc, "target_account_jwt", beforeJWT)
+		wantSetupOK(t, svc, false)
+		beforeJWT = reloads(t, svc, "target_account_jwt")
+		g.accts.update(t, map[string][]byte{"auth.jwt": calloutJWT, "app.jwt": rotatedJWT})
+		waitReload(t, svc, "target_account_jwt", beforeJWT)
+		wantSetupOK(t, svc, true)
+
 		// Restarted (as after a ConfigMap change), the service's start-up checks accept the
 		// rotated files.
 		svc.stop(t)
 		svc.restart(t)
 		publishVia(t, url, tok, "shop.rotation.3")
 		newWitness.next(t, "shop.rotation.3")
+	})
+}
+
+// wantSetupOK waits until the service reports its operator-mode files as agreeing (ok) or not,
+// in nats_callout_operator_setup_ok and on /readyz (a warning line that keeps it ready).
+func wantSetupOK(t *testing.T, svc *calloutService, ok bool) {
+	t.Helper()
+	want := map[bool]float64{true: 1, false: 0}[ok]
+	eventually(t, 20*time.Second, fmt.Sprintf("operator setup ok = %v", ok), func() error {
+		if got := svc.metrics(t).sum("nats_callout_operator_setup_ok"); got != want {
+			return fmt.Errorf("nats_callout_operator_setup_ok = %g", got)
+		}
+		code, body, err := svc.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("/readyz answered %d: %s", code, body)
+		}
+		if warned := strings.Contains(body, "[!] operator_setup: "); warned == ok {
+			return fmt.Errorf("/readyz: %s", body)
+		}
+		if !ok && !strings.Contains(body, "NATS_TARGET_SIGNING_KEY_FILE") {
+			return fmt.Errorf("/readyz does not name the file that disagrees: %s", body)
+		}
+		return nil
 	})
 }
 
