@@ -1022,10 +1022,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		}
 		sc.plan, sc.planErr = planDemo(devAccounts(tokens.current(), defaults))
 		if !dc.Check {
+			// Show it working before anything else: the allowed and the refused publish,
+			// run now with nats.go, above the commands to try by hand.
+			var shown strings.Builder
+			sc.check(gctx, &shown, issuerURL, true)
+			sc.demo = shown.String()
 			sc.print(stdout)
 			return nil
 		}
-		failed := sc.check(gctx, stdout, issuerURL)
+		failed := sc.check(gctx, stdout, issuerURL, false)
 		cancel()
 		if failed > 0 {
 			return fmt.Errorf("dev --check: %d step(s) failed", failed)
@@ -1405,6 +1410,8 @@ type devScenario struct {
 	tokens                                            *devTokens
 	plan                                              demo
 	planErr                                           error
+	// demo holds the PASS/FAIL lines of the quick check run at start, printed with the rest.
+	demo string
 }
 
 func (sc devScenario) tokenFile(a devAccount) string { return sc.tokens.path(a.Namespace, a.Name) }
@@ -1465,6 +1472,12 @@ func (sc devScenario) print(w io.Writer) {
 	fmt.Fprintf(w, "      }),\n")
 	fmt.Fprintf(w, "      nats.CustomInboxPrefix(%q), // the only inbox it may subscribe to\n", inbox)
 	fmt.Fprintf(w, "  )\n")
+	if sc.demo != "" {
+		fmt.Fprintf(w, "\nJust now, with nats.go (make check runs the whole self-test):\n\n")
+		for line := range strings.Lines(sc.demo) {
+			fmt.Fprintf(w, "  %s", line)
+		}
+	}
 	fmt.Fprintf(w, "\nDecisions are logged to stderr. Ctrl-C stops.\n\n")
 }
 
@@ -1479,8 +1492,9 @@ func shellQuote(s string) string {
 }
 
 // check runs the scenario with nats.go clients against the embedded server and writes one
-// PASS, FAIL or SKIP line per step. It returns the number of failed steps.
-func (sc devScenario) check(ctx context.Context, w io.Writer, issuerURL string) int {
+// PASS, FAIL or SKIP line per step. It returns the number of failed steps. quick runs only the
+// allowed and the refused publish (what dev shows at start).
+func (sc devScenario) check(ctx context.Context, w io.Writer, issuerURL string, quick bool) int {
 	type step struct {
 		name string
 		// skip, if set, says why the ServiceAccounts give this step nothing to test.
@@ -1495,6 +1509,11 @@ func (sc devScenario) check(ctx context.Context, w io.Writer, issuerURL string) 
 		steps = append(steps,
 			step{"allowed publish delivered", "", sc.checkDelivered},
 			step{"refused publish", skipIf(p.Refused == "", p.Publisher.String()+" may publish everywhere"), sc.checkRefusedPublish},
+		)
+	}
+	if sc.planErr == nil && !quick {
+		p := sc.plan
+		steps = append(steps,
 			step{"refused token: garbage", "", func(context.Context) (string, error) {
 				return sc.checkRefusedToken("not-a-serviceaccount-token")
 			}},

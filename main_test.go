@@ -326,6 +326,10 @@ func TestDevPrintsCommands(t *testing.T) {
 		`nats.TokenHandler(func() string {`,
 		`os.ReadFile("` + orders + `")`,
 		`nats.CustomInboxPrefix("_INBOX_shop_orders")`,
+		// Shown working at start, before anything is pasted.
+		"Just now, with nats.go",
+		"  PASS allowed publish delivered: ",
+		"  PASS refused publish: ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
