@@ -578,15 +578,15 @@ func serve(ctx context.Context, c config, d deps) error {
 		}},
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		ready(w, checks, handler, opSetup.Err())
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	ln := d.listener
 	if ln == nil {
-		if ln, err = net.Listen("tcp", c.HTTPAddr); err != nil {
+		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
 			return fmt.Errorf("HTTP_ADDR: %w", err)
 		}
 	}
@@ -754,7 +754,7 @@ func ready(w http.ResponseWriter, checks []check, h *callout.Handler, setupErr e
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	io.WriteString(w, b.String())
+	_, _ = io.WriteString(w, b.String())
 }
 
 // devConfig is every setting of the dev command. Dev mode reads no environment variables, so
@@ -882,7 +882,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 
 	// The token issuer stands in for the API server: it signs the tokens and serves its JWKS
 	// (and OIDC discovery) on loopback, where the verifier fetches it as it would in a cluster.
-	jwksLn, err := net.Listen("tcp", "127.0.0.1:0")
+	jwksLn, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("dev: JWKS listener: %w", err)
 	}
@@ -1118,10 +1118,11 @@ func startDevNATS(dir string, port int, keys devKeys) (*server.Server, bool, err
 
 // pickPort returns port if 127.0.0.1:port is free, else (or when port is 0) a free port.
 func pickPort(port int) (int, bool, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	busy := err != nil
 	if busy {
-		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		if ln, err = lc.Listen(context.Background(), "tcp", "127.0.0.1:0"); err != nil {
 			return 0, false, fmt.Errorf("dev: no free port on 127.0.0.1: %w", err)
 		}
 	}
@@ -1131,12 +1132,13 @@ func pickPort(port int) (int, bool, error) {
 
 // listenFallback listens on addr, or on a free port of the same host when addr is busy.
 func listenFallback(addr string) (net.Listener, bool, error) {
-	ln, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err == nil {
 		return ln, false, nil
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	ln, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	ln, err2 := lc.Listen(context.Background(), "tcp", net.JoinHostPort(host, "0"))
 	if err2 != nil {
 		return nil, false, fmt.Errorf("%w (and no free port on %s: %w)", err, host, err2)
 	}
@@ -1218,7 +1220,7 @@ func waitReady(ctx context.Context, url string) error {
 		}
 		if resp, err := client.Do(req); err == nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
@@ -1484,7 +1486,8 @@ func (sc devScenario) print(w io.Writer) {
 // shellQuote quotes s for a POSIX shell when it needs it.
 func shellQuote(s string) string {
 	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:,@%=", r))
+		safe := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:,@%=", r)
+		return !safe
 	}) < 0 {
 		return s
 	}

@@ -98,7 +98,7 @@ func TestDevCheck(t *testing.T) {
 func assertNoSecrets(t *testing.T, dir, output string) {
 	t.Helper()
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !(strings.HasSuffix(path, ".nk") || strings.HasSuffix(path, ".token")) {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".nk") && !strings.HasSuffix(path, ".token") {
 			return err
 		}
 		info, err := d.Info()
@@ -304,7 +304,7 @@ metadata:
 	})
 
 	// A manifest that does not parse keeps the last good one.
-	writeManifest(t, mdir, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  nmae: typo\n")
+	writeManifest(t, mdir, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  nmae: typo\n") //nolint:misspell // the typo is the test
 	waitFor(t, "team/a still accepted", 10*time.Second, func() bool {
 		_, _, err := d.connect(t, "team", "a")
 		return err == nil

@@ -184,14 +184,14 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 		}
 		opened, err := xk.kp.Open(data, serverXKey)
 		if err != nil {
-			return drop(ReasonEncryption, fmt.Errorf("%w: cannot open the sealed request with xkey %s: %v", ErrEncryption, xk.pub, err))
+			return drop(ReasonEncryption, fmt.Errorf("%w: cannot open the sealed request with xkey %s: %w", ErrEncryption, xk.pub, err))
 		}
 		data = opened
 	}
 
 	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
 	if err != nil {
-		return drop(ReasonBadRequest, fmt.Errorf("%w: %v", ErrBadRequest, err))
+		return drop(ReasonBadRequest, fmt.Errorf("%w: %w", ErrBadRequest, err))
 	}
 	d.UserNkey = req.UserNkey
 	d.Server = req.Server.Name
@@ -284,7 +284,7 @@ func checkRequest(req *jwt.AuthorizationRequestClaims, serverXKey string, now ti
 	vr := jwt.CreateValidationResults()
 	req.Validate(vr)
 	if errs := vr.Errors(); len(errs) > 0 {
-		return fmt.Errorf("%w: %v", ErrBadRequest, errs[0])
+		return fmt.Errorf("%w: %w", ErrBadRequest, errs[0])
 	}
 	if req.Expires > 0 && now.Unix() > req.Expires {
 		return fmt.Errorf("%w: expired", ErrBadRequest)

@@ -347,9 +347,9 @@ func (c ServerConfig) HelmConfigMerge() (map[string]any, error) {
 // Secret volume by swapping a symlink, which a subPath mount never sees).
 const (
 	// DefaultSecretName is the Secret's name in the helm-values files.
-	DefaultSecretName = "nats-callout"
+	DefaultSecretName = "nats-callout" //nolint:gosec // the Secret's name, not a credential
 	// SecretMountDir is where helm-values mount the Secret in the sidecar.
-	SecretMountDir = "/etc/nats-callout"
+	SecretMountDir = "/etc/nats-callout" //nolint:gosec // a path, not a credential
 	// SecretKeyService holds the service's user seed (NATS_CREDS_FILE).
 	SecretKeyService = "service.nk"
 	// SecretKeyIssuer holds the issuer account seed(s), one per line (NATS_SIGNING_KEY_FILE).

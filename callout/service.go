@@ -412,7 +412,7 @@ func (s *Service) open(creds *Credentials, replaces bool) (*session, error) {
 			s.log.Info("reconnected to nats-server", "url", s.url, "server", nc.ConnectedServerName(), "user", sess.pub)
 			s.confirm(sess)
 		}),
-		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if sess.retiring.Load() {
 				return
 			}
@@ -422,13 +422,13 @@ func (s *Service) open(creds *Credentials, replaces bool) (*session, error) {
 			}
 			s.log.Warn("disconnected from nats-server; reconnecting", "url", s.url, "user", sess.pub, "error", errString(err))
 		}),
-		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			if sess.retiring.Load() {
 				return
 			}
 			s.connError(sess, slog.LevelWarn, "cannot reach nats-server; retrying", err)
 		}),
-		nats.ClosedHandler(func(nc *nats.Conn) {
+		nats.ClosedHandler(func(_ *nats.Conn) {
 			if sess.retiring.Load() {
 				return
 			}
@@ -437,7 +437,7 @@ func (s *Service) open(creds *Credentials, replaces bool) (*session, error) {
 			default:
 			}
 		}),
-		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if sess.retiring.Load() {
 				return
 			}

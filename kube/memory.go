@@ -142,7 +142,7 @@ func (m *MemoryCluster) Get(_ context.Context, namespace, name string) (*Service
 
 // List returns the ServiceAccounts of a namespace ("" = all) that match a label selector
 // ("" = all), sorted by namespace and name.
-func (m *MemoryCluster) List(ctx context.Context, namespace, labelSelector string) ([]ServiceAccount, error) {
+func (m *MemoryCluster) List(_ context.Context, namespace, labelSelector string) ([]ServiceAccount, error) {
 	l, err := m.list(namespace, metav1.ListOptions{LabelSelector: labelSelector})
 	if err != nil {
 		return nil, err
@@ -187,11 +187,11 @@ func (m *MemoryCluster) watch(namespace string, opts metav1.ListOptions) (watch.
 		if err != nil || from > m.rv {
 			return nil, apierrors.NewBadRequest("invalid resource version " + strconv.Quote(rv))
 		}
-		missed := int(m.rv - from)
-		if missed > len(m.history) {
+		if m.rv-from > uint64(len(m.history)) {
 			return nil, apierrors.NewResourceExpired("resource version " + rv + " is too old")
 		}
-		since = slices.Clone(m.history[len(m.history)-missed:])
+		start := len(m.history) - int(m.rv-from) //nolint:gosec // m.rv-from <= len(m.history), checked above
+		since = slices.Clone(m.history[start:])
 	}
 	// Registered under m.mu, so no change falls between the history and the live events.
 	w, err := m.events.WatchWithPrefix(since)

@@ -455,7 +455,7 @@ func (w *Watcher) snapshot() []reloader {
 
 // jitter spreads d by ±20% so that the sidecars of many pods do not retry in step.
 func jitter(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64())) //nolint:gosec // timing jitter, not a secret
 }
 
 func hashOf(data []byte) string {
@@ -505,11 +505,11 @@ func WriteFile(path string, data []byte, mode fs.FileMode) error {
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
 	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return err
 	}
 	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {
