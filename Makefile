@@ -47,6 +47,7 @@ lint:
 	go vet ./...
 	GOBIN=$(E2E_BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	$(E2E_BIN)/golangci-lint run ./...
+	$(E2E_BIN)/golangci-lint run --build-tags e2e ./e2e/
 
 image:
 	@engine=$$(command -v docker || command -v podman) || { echo "make image needs docker or podman; make build produces the same binary"; exit 1; }; \

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,9 @@ import (
 	"testing"
 	"text/template"
 
+	natsjwt "github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -292,8 +296,39 @@ var knownEnv = []string{
 	"JWKS_REFRESH_INTERVAL", "GOMEMLIMIT",
 }
 
-// checkSidecar asserts what the patched StatefulSet must look like.
+// checkSidecar asserts what the patched StatefulSet must look like (server-config mode).
 func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
+	t.Helper()
+	sc := checkSidecarCommon(t, sts, knownEnv, []string{sidecarName})
+	spec := sts.Spec.Template.Spec
+	if v := spec.Volumes[len(spec.Volumes)-1]; v.Secret == nil || v.Secret.SecretName != secretName || len(v.Secret.Items) > 0 {
+		t.Errorf("volume %s = %+v, want the whole Secret %s", v.Name, v.VolumeSource, secretName)
+	}
+	env, _ := envOf(sc)
+	for name, want := range map[string]string{
+		"NATS_CREDS_FILE":       filepath.Join(callout.SecretMountDir, callout.SecretKeyService),
+		"NATS_SIGNING_KEY_FILE": filepath.Join(callout.SecretMountDir, callout.SecretKeyIssuer),
+		"NATS_XKEY_FILE":        filepath.Join(callout.SecretMountDir, callout.SecretKeyXKey),
+		"NATS_ACCOUNT":          callout.DefaultTargetAccount,
+	} {
+		if env[name] != want {
+			t.Errorf("env %s = %q, want %q", name, env[name], want)
+		}
+	}
+	if len(sc.VolumeMounts) != 1 {
+		t.Fatalf("sidecar mounts %+v, want only the Secret", sc.VolumeMounts)
+	}
+	m := sc.VolumeMounts[0]
+	if m.Name != sidecarName || m.MountPath != callout.SecretMountDir || !m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
+		t.Errorf("Secret mount = %+v, want %s read-only at %s as a directory (no subPath)", m, sidecarName, callout.SecretMountDir)
+	}
+}
+
+// checkSidecarCommon asserts what the sidecar looks like in every mode: the chart's containers
+// and volumes untouched, the sidecar after them with the volumes named in volumes, env names
+// among known, the shared settings, ports, probes, hardening and resources. It returns the
+// sidecar container.
+func checkSidecarCommon(t *testing.T, sts appsv1.StatefulSet, known, volumes []string) corev1.Container {
 	t.Helper()
 	chartSts := typed[appsv1.StatefulSet](t, readYAML(t, chartStatefulSet))
 	spec := sts.Spec.Template.Spec
@@ -309,15 +344,12 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 			t.Errorf("the chart's %s container was changed", spec.Containers[i].Name)
 		}
 	}
-	var volumes []string
+	var gotVolumes []string
 	for _, v := range spec.Volumes {
-		volumes = append(volumes, v.Name)
+		gotVolumes = append(gotVolumes, v.Name)
 	}
-	if !slices.Equal(volumes, []string{"config", "pid", sidecarName}) {
-		t.Errorf("volumes = %v, want the chart's config and pid, then %s", volumes, sidecarName)
-	}
-	if v := spec.Volumes[len(spec.Volumes)-1]; v.Secret == nil || v.Secret.SecretName != secretName || len(v.Secret.Items) > 0 {
-		t.Errorf("volume %s = %+v, want the whole Secret %s", v.Name, v.VolumeSource, secretName)
+	if want := append([]string{"config", "pid"}, volumes...); !slices.Equal(gotVolumes, want) {
+		t.Fatalf("volumes = %v, want the chart's config and pid, then %v", gotVolumes, volumes)
 	}
 	if spec.ShareProcessNamespace == nil || !*spec.ShareProcessNamespace || spec.ServiceAccountName != "nats" {
 		t.Error("the chart's pod settings (shareProcessNamespace, serviceAccountName) were changed")
@@ -328,20 +360,16 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 		t.Errorf("sidecar image %q, command %v, args %v: want an image and its entrypoint", sc.Image, sc.Command, sc.Args)
 	}
 	env, refs := envOf(sc)
-	for name := range env {
-		if !slices.Contains(knownEnv, name) {
-			t.Errorf("env %s is not a setting of the service", name)
+	for _, e := range sc.Env {
+		if !slices.Contains(known, e.Name) {
+			t.Errorf("env %s is not a setting of the service (in this mode)", e.Name)
 		}
 	}
 	for name, want := range map[string]string{
-		"NATS_URL":              "nats://127.0.0.1:4222",
-		"NATS_CREDS_FILE":       filepath.Join(callout.SecretMountDir, callout.SecretKeyService),
-		"NATS_SIGNING_KEY_FILE": filepath.Join(callout.SecretMountDir, callout.SecretKeyIssuer),
-		"NATS_XKEY_FILE":        filepath.Join(callout.SecretMountDir, callout.SecretKeyXKey),
-		"NATS_ACCOUNT":          callout.DefaultTargetAccount,
-		"K8S_IN_CLUSTER":        "true",
-		"JWT_AUDIENCE":          "nats",
-		"HTTP_ADDR":             ":8080",
+		"NATS_URL":       "nats://127.0.0.1:4222",
+		"K8S_IN_CLUSTER": "true",
+		"JWT_AUDIENCE":   "nats",
+		"HTTP_ADDR":      ":8080",
 	} {
 		if env[name] != want {
 			t.Errorf("env %s = %q, want %q", name, env[name], want)
@@ -353,14 +381,6 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 	}
 	if _, ok := sts.Spec.Template.Annotations[watchNSAnnotation]; !ok {
 		t.Errorf("pod annotation %s is missing: WATCH_NAMESPACES would not resolve", watchNSAnnotation)
-	}
-
-	if len(sc.VolumeMounts) != 1 {
-		t.Fatalf("sidecar mounts %+v, want only the Secret", sc.VolumeMounts)
-	}
-	m := sc.VolumeMounts[0]
-	if m.Name != sidecarName || m.MountPath != callout.SecretMountDir || !m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
-		t.Errorf("Secret mount = %+v, want %s read-only at %s as a directory (no subPath)", m, sidecarName, callout.SecretMountDir)
 	}
 
 	if len(sc.Ports) != 1 || sc.Ports[0].Name != sidecarPort || sc.Ports[0].ContainerPort != 8080 {
@@ -411,6 +431,7 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 	if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 		t.Errorf("sidecar resources = %+v, want CPU and memory requests and a memory limit", r)
 	}
+	return sc
 }
 
 // writeManifests writes objects as one multi-document YAML file.
@@ -729,5 +750,515 @@ func TestHelmValuesNamespaced(t *testing.T) {
 			[]string{"list", "serviceaccounts", "-n", other},
 			[]string{"list", "serviceaccounts", "--all-namespaces"},
 		)
+	}
+}
+
+// Operator mode: helm-values/callout-values-operator.yaml, used instead of callout-values.yaml
+// on a release that already runs nats-server with an operator and a resolver.
+
+const (
+	operatorValuesFile = "../helm-values/callout-values-operator.yaml"
+	// accountAnnotation is the pod annotation the sidecar reads as NATS_ACCOUNT.
+	accountAnnotation = "nats-k8s-oidc-callout/account"
+	sentinelCommand   = "nsc describe user --account AUTH --name sentinel --raw"
+	appKeyCommand     = "nsc describe account --name APP --field sub"
+)
+
+// operatorEnv are the settings the service reads in operator mode only (main.go).
+var operatorEnv = []string{
+	"NATS_MODE", "NATS_TARGET_SIGNING_KEY_FILE", "NATS_CALLOUT_ACCOUNT_JWT_FILE", "NATS_TARGET_ACCOUNT_JWT_FILE",
+}
+
+// operatorSetup is what README.md's operator-mode steps 1 and 3 make with nsc, made here with
+// the JWT library: an operator, the accounts SYS, AUTH (the callout: auth_users, allowed_accounts,
+// xkey) and APP, the sidecar's files (step 4's Secret and ConfigMap) and the sentinel.
+type operatorSetup struct {
+	operatorJWT string
+	sysPub      string
+	appPub      string
+	preload     map[string]any // account public key -> account JWT
+	sentinel    string         // AUTH's bearer user that may do nothing
+	keys        map[string][]byte
+	accounts    map[string][]byte
+}
+
+func newOperatorSetup(t *testing.T) *operatorSetup {
+	t.Helper()
+	key := func(create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, string) {
+		kp, err := create()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		suite.noteSecret(string(seed), "nkey seed of the operator-mode helm values test")
+		return kp, pub
+	}
+	encode := func(c natsjwt.Claims, kp nkeys.KeyPair) string {
+		tok, err := c.Encode(kp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	// An nk file as `nsc generate nkey` writes it: the seed, then the public key.
+	nkFile := func(kp nkeys.KeyPair, pub string) []byte {
+		seed, err := kp.Seed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []byte(string(seed) + "\n" + pub + "\n")
+	}
+
+	op, opPub := key(nkeys.CreateOperator)
+	_, sysPub := key(nkeys.CreateAccount)
+	auth, authPub := key(nkeys.CreateAccount)
+	_, appPub := key(nkeys.CreateAccount)
+	authSK, authSKPub := key(nkeys.CreateAccount)
+	appSK, appSKPub := key(nkeys.CreateAccount)
+	xkey, xkeyPub := key(nkeys.CreateCurveKeys)
+	svc, svcPub := key(nkeys.CreateUser)
+	_, sentinelPub := key(nkeys.CreateUser)
+
+	oc := natsjwt.NewOperatorClaims(opPub)
+	oc.Name, oc.SystemAccount = "OP", sysPub
+	s := &operatorSetup{operatorJWT: encode(oc, op), sysPub: sysPub, appPub: appPub, preload: map[string]any{}}
+	account := func(name, pub string, edit func(*natsjwt.AccountClaims)) string {
+		ac := natsjwt.NewAccountClaims(pub)
+		ac.Name = name
+		if edit != nil {
+			edit(ac)
+		}
+		tok := encode(ac, op)
+		s.preload[pub] = tok
+		return tok
+	}
+	account("SYS", sysPub, nil)
+	authJWT := account("AUTH", authPub, func(ac *natsjwt.AccountClaims) {
+		ac.SigningKeys.Add(authSKPub)
+		ac.Authorization.AuthUsers.Add(svcPub)
+		ac.Authorization.AllowedAccounts.Add(appPub)
+		ac.Authorization.XKey = xkeyPub
+	})
+	appJWT := account("APP", appPub, func(ac *natsjwt.AccountClaims) { ac.SigningKeys.Add(appSKPub) })
+
+	uc := natsjwt.NewUserClaims(svcPub)
+	uc.Name = "callout"
+	svcSeed, err := svc.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := natsjwt.FormatUserConfig(encode(uc, auth), svcSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := natsjwt.NewUserClaims(sentinelPub)
+	sc.Name, sc.BearerToken = "sentinel", true
+	sc.Pub.Deny.Add(">")
+	sc.Sub.Deny.Add(">")
+	s.sentinel = encode(sc, auth)
+
+	s.keys = map[string][]byte{
+		"callout.creds":   creds,
+		"auth-signing.nk": nkFile(authSK, authSKPub),
+		"app-signing.nk":  nkFile(appSK, appSKPub),
+		"xkey.nk":         nkFile(xkey, xkeyPub),
+	}
+	s.accounts = map[string][]byte{"auth.jwt": []byte(authJWT + "\n"), "app.jwt": []byte(appJWT + "\n")}
+	return s
+}
+
+// releaseValues are the values of a release that already runs in operator mode before the
+// callout is added: the chart's full NATS resolver (config.resolver) and what
+// `nsc generate config --nats-resolver` prints, in config.merge.
+func (s *operatorSetup) releaseValues() map[string]any {
+	return map[string]any{"config": map[string]any{
+		"resolver": map[string]any{
+			"enabled": true,
+			"merge":   map[string]any{"type": "full", "allow_delete": false, "interval": "2m", "timeout": "1.9s"},
+		},
+		"merge": map[string]any{
+			"operator":         s.operatorJWT,
+			"system_account":   s.sysPub,
+			"resolver_preload": s.preload,
+		},
+	}}
+}
+
+// userOverlay is the file the top of callout-values-operator.yaml tells users to write (its
+// heredoc), with the two nsc commands replaced by what they print for s: the sentinel's JWT, and
+// APP's public key in quotes, as `nsc describe account --field sub` prints it. It also checks
+// that the helm command there passes this file after callout-values-operator.yaml.
+func userOverlay(t *testing.T, s *operatorSetup) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(operatorValuesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var header []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			break
+		}
+		header = append(header, strings.TrimPrefix(strings.TrimPrefix(line, "#"), "   "))
+	}
+	var name string
+	var body []string
+	in := false
+	for _, line := range header {
+		switch {
+		case !in && strings.HasPrefix(line, "cat > ") && strings.HasSuffix(line, " <<EOF"):
+			in, name = true, strings.TrimSuffix(strings.TrimPrefix(line, "cat > "), " <<EOF")
+		case in && line == "EOF":
+			in = false
+		case in:
+			body = append(body, line)
+		}
+	}
+	if name == "" || in || len(body) == 0 {
+		t.Fatalf("%s: no `cat > FILE <<EOF ... EOF` in the comment at its top", operatorValuesFile)
+	}
+	text := strings.Join(body, "\n")
+	for cmd, out := range map[string]string{sentinelCommand: s.sentinel, appKeyCommand: `"` + s.appPub + `"`} {
+		if !strings.Contains(text, "$("+cmd+")") {
+			t.Errorf("%s: the file at its top does not take a value from `%s`:\n%s", operatorValuesFile, cmd, text)
+		}
+		text = strings.ReplaceAll(text, "$("+cmd+")", out)
+	}
+	if strings.Contains(text, "$") {
+		t.Fatalf("%s: the file at its top has a substitution this test does not know:\n%s", operatorValuesFile, text)
+	}
+	helm := strings.Join(strings.Fields(strings.ReplaceAll(strings.Join(header, "\n"), "\\\n", " ")), " ")
+	want := "helm upgrade nats nats/nats -n nats --reuse-values -f helm-values/callout-values-operator.yaml -f " + name
+	if !strings.Contains(helm, want) {
+		t.Errorf("%s: the comment at its top does not say `%s`", operatorValuesFile, want)
+	}
+	return parseYAML(t, "the values file of "+operatorValuesFile+"'s heredoc", []byte(text))
+}
+
+// stepFourObjects returns the keys of the Secret and the ConfigMap README.md's operator-mode
+// step 4 creates (its kubectl commands' --from-file=KEY=...), by object name.
+func stepFourObjects(t *testing.T, doc guideDoc) map[string][]string {
+	t.Helper()
+	objects := map[string][]string{}
+	for _, line := range strings.Split(strings.ReplaceAll(doc.commands(t, 4), "\\\n", " "), "\n") {
+		f := strings.Fields(line)
+		i := slices.Index(f, "create")
+		if len(f) == 0 || f[0] != "kubectl" || i < 0 || i+2 >= len(f) {
+			continue
+		}
+		name := f[i+2]
+		if f[i+1] == "secret" {
+			name = f[i+3]
+		}
+		for _, a := range f {
+			if k, ok := strings.CutPrefix(a, "--from-file="); ok {
+				objects[name] = append(objects[name], strings.SplitN(k, "=", 2)[0])
+			}
+		}
+	}
+	if len(objects[guideSecret]) == 0 || len(objects[guideConfigMap]) == 0 {
+		t.Fatalf("README.md operator-mode step 4: no keys for %s and %s in %v", guideSecret, guideConfigMap, objects)
+	}
+	return objects
+}
+
+// checkOperatorSidecar asserts the operator-mode sidecar: what every mode has, the Secret and
+// the ConfigMap of README.md's step 4 mounted whole as read-only directories, and exactly the
+// settings of step 4's table, NATS_ACCOUNT read from the pod annotation.
+func checkOperatorSidecar(t *testing.T, sts appsv1.StatefulSet) {
+	t.Helper()
+	sc := checkSidecarCommon(t, sts, slices.Concat(knownEnv, operatorEnv), []string{guideSecret, guideConfigMap})
+	spec := sts.Spec.Template.Spec
+	if v := spec.Volumes[2]; v.Secret == nil || v.Secret.SecretName != guideSecret || len(v.Secret.Items) > 0 || v.Secret.Optional != nil {
+		t.Errorf("volume %s = %+v, want the whole Secret %s", v.Name, v.VolumeSource, guideSecret)
+	}
+	if v := spec.Volumes[3]; v.ConfigMap == nil || v.ConfigMap.Name != guideConfigMap || len(v.ConfigMap.Items) > 0 || v.ConfigMap.Optional != nil {
+		t.Errorf("volume %s = %+v, want the whole ConfigMap %s", v.Name, v.VolumeSource, guideConfigMap)
+	}
+
+	// Mounted as directories, read-only; the object each directory holds.
+	mountedAt := map[string]string{}
+	for _, m := range sc.VolumeMounts {
+		if !m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" || m.MountPath == "" {
+			t.Errorf("mount %+v: want read-only, as a directory (no subPath)", m)
+		}
+		mountedAt[m.MountPath] = m.Name
+	}
+	if len(sc.VolumeMounts) != 2 || len(mountedAt) != 2 || !slices.Contains(slices.Collect(maps.Values(mountedAt)), guideSecret) ||
+		!slices.Contains(slices.Collect(maps.Values(mountedAt)), guideConfigMap) {
+		t.Fatalf("sidecar mounts %+v, want %s and %s, each once", sc.VolumeMounts, guideSecret, guideConfigMap)
+	}
+
+	// The settings are step 4's table; every file is a key of the object mounted at its
+	// directory, as step 4's kubectl commands create it.
+	doc := readGuide(t, 4222)
+	table := doc.table(t, 4)
+	objects := stepFourObjects(t, doc)
+	env, refs := envOf(sc)
+	for _, k := range requiredSettings {
+		if _, ok := table[k]; !ok {
+			t.Fatalf("README.md step 4's table has no %s", k)
+		}
+	}
+	for k, v := range table {
+		switch {
+		case k == "NATS_ACCOUNT":
+			want := "metadata.annotations['" + accountAnnotation + "']"
+			if refs[k] != want {
+				t.Errorf("NATS_ACCOUNT comes from %q (value %q), want the annotation: %q", refs[k], env[k], want)
+			}
+		case env[k] != v:
+			t.Errorf("env %s = %q, want %q (README.md operator mode, step 4)", k, env[k], v)
+		case strings.HasPrefix(v, "/"):
+			obj := mountedAt[filepath.Dir(v)]
+			if !slices.Contains(objects[obj], filepath.Base(v)) {
+				t.Errorf("%s=%s: %s is not a key of %q mounted at %s (keys %v)", k, v, filepath.Base(v), obj, filepath.Dir(v), objects[obj])
+			}
+		}
+	}
+	if _, ok := sts.Spec.Template.Annotations[accountAnnotation]; !ok {
+		t.Errorf("pod annotation %s is missing: NATS_ACCOUNT would be empty", accountAnnotation)
+	}
+}
+
+// TestHelmValuesOperatorNeedsSettings: until the user's file sets the sentinel and APP's key,
+// rendering stops at a placeholder that says which nsc command gives the value.
+func TestHelmValuesOperatorNeedsSettings(t *testing.T) {
+	values := readYAML(t, operatorValuesFile)
+	c := chart{release: "nats", namespace: "nats"}
+	for _, p := range []struct {
+		part, want string
+	}{{"config", sentinelCommand}, {"podTemplate", appKeyCommand}} {
+		if _, err := c.render(values[p.part]); err == nil || !strings.Contains(err.Error(), p.want) {
+			t.Errorf("%s without the user's values renders: %v (want a message naming `%s`)", p.part, err, p.want)
+		}
+	}
+
+	sentinel := parseYAML(t, "sentinel only", []byte("config: {merge: {default_sentinel: eyJhbGciOi.eyJqdGkiOi.c2ln}}"))
+	account := parseYAML(t, "account only", []byte("podTemplate: {merge: {metadata: {annotations: {"+accountAnnotation+": AAAA}}}}"))
+	for _, p := range []struct {
+		what    string
+		overlay map[string]any
+		want    string
+	}{{"the sentinel only", sentinel, appKeyCommand}, {"APP's key only", account, sentinelCommand}} {
+		if _, err := c.render(mergeValues(values, p.overlay)); err == nil || !strings.Contains(err.Error(), p.want) {
+			t.Errorf("with %s, the values render: %v (want a message naming `%s`)", p.what, err, p.want)
+		}
+	}
+	if _, err := c.render(mergeValues(values, sentinel, account)); err != nil {
+		t.Errorf("with both values: %v", err)
+	}
+}
+
+func TestHelmValuesOperator(t *testing.T) {
+	ns := newNamespace(t, "helm-values-op-"+randomHex(3))
+	s := newOperatorSetup(t)
+	file := readYAML(t, operatorValuesFile)
+	release := s.releaseValues()
+	// helm upgrade --reuse-values -f callout-values-operator.yaml -f <the user's file>
+	values := mergeValues(release, file, userOverlay(t, s))
+	c := chart{release: "nats", namespace: ns}
+
+	// The file adds the sentinel to the server config and nothing else: no accounts, no
+	// authorization block (nats-server refuses auth_callout in it with an operator), no
+	// resolver. The release's operator-mode settings are kept as they were.
+	for k := range file {
+		if !slices.Contains([]string{"serviceAccount", "config", "podTemplate", "extraResources"}, k) {
+			t.Errorf("%s sets %s", operatorValuesFile, k)
+		}
+	}
+	if keys := slices.Sorted(maps.Keys(file["config"].(map[string]any))); !slices.Equal(keys, []string{"merge"}) {
+		t.Errorf("%s sets config.%v, want config.merge only", operatorValuesFile, keys)
+	}
+	if keys := slices.Sorted(maps.Keys(get(file, "config", "merge").(map[string]any))); !slices.Equal(keys, []string{"default_sentinel"}) {
+		t.Errorf("%s sets config.merge.%v, want default_sentinel only", operatorValuesFile, keys)
+	}
+	if get(values, "serviceAccount", "enabled") != true {
+		t.Error("serviceAccount.enabled is not true: the pod would run as the namespace's default ServiceAccount")
+	}
+	// The chart templates every value ($tplYaml anywhere in .Values), then uses them.
+	r, err := c.render(values)
+	if err != nil {
+		t.Fatalf("the values with the user's file: %v", err)
+	}
+	rendered := r.(map[string]any)
+	wantConfig := mergeMaps(release["config"].(map[string]any), map[string]any{"merge": map[string]any{"default_sentinel": s.sentinel}})
+	gotJSON, _ := json.Marshal(rendered["config"])
+	wantJSON, _ := json.Marshal(wantConfig)
+	if !bytes.Equal(gotJSON, wantJSON) {
+		t.Errorf("config = %s\nwant the release's operator-mode config plus default_sentinel: %s", gotJSON, wantJSON)
+	}
+
+	// The pod template, as the chart would render it.
+	stsMap := podTemplate(t, rendered)
+	stsMap["metadata"].(map[string]any)["namespace"] = ns
+	sts := typed[appsv1.StatefulSet](t, stsMap)
+	checkOperatorSidecar(t, sts)
+	if got := sts.Spec.Template.Annotations[accountAnnotation]; got != s.appPub {
+		t.Errorf("annotation %s = %q, want APP's public key %s", accountAnnotation, got, s.appPub)
+	}
+	if got := sts.Spec.Template.Annotations[watchNSAnnotation]; got != "" {
+		t.Errorf("cluster-wide values watch namespaces %q", got)
+	}
+
+	// callout-values-namespaced.yaml works after this file as after callout-values.yaml.
+	nsValues, err := c.render(mergeValues(release, file, readYAML(t, namespacedValuesFile), userOverlay(t, s)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsSts := typed[appsv1.StatefulSet](t, podTemplate(t, nsValues.(map[string]any)))
+	if got := nsSts.Spec.Template.Annotations[watchNSAnnotation]; got != "team-a,team-b" {
+		t.Errorf("with callout-values-namespaced.yaml the sidecar watches %q", got)
+	}
+	for _, res := range renderedResources(t, nsValues.(map[string]any), c) {
+		if get(res, "kind") == "ClusterRole" {
+			t.Error("with callout-values-namespaced.yaml a ClusterRole is left")
+		}
+	}
+
+	// The same RBAC as callout-values.yaml, and everything passes the API server's validation.
+	resources := renderedResources(t, rendered, c)
+	gotJSON, _ = json.Marshal(resources)
+	wantJSON, _ = json.Marshal(renderedResources(t, readYAML(t, calloutValuesFile), c))
+	if !bytes.Equal(gotJSON, wantJSON) {
+		t.Errorf("extraResources = %s\nwant callout-values.yaml's %s", gotJSON, wantJSON)
+	}
+	rbac := writeManifests(t, "rbac.yaml", resources...)
+	kubectl(t, "apply", "--dry-run=server", "-f", rbac, "-f", writeManifests(t, "statefulset.yaml", stsMap))
+	newServiceAccount(t, ns, "nats", nil)
+	deleteOnCleanup(t, rbac)
+	kubectl(t, "apply", "-f", rbac)
+	expectCan(t, ns, "nats", isolated, true,
+		[]string{"list", "serviceaccounts", "--all-namespaces"},
+		[]string{"watch", "serviceaccounts", "--all-namespaces"},
+		[]string{"get", "/openid/v1/jwks"},
+	)
+	expectCan(t, ns, "nats", isolated, false,
+		[]string{"create", "serviceaccounts", "--subresource=token", "-n", ns},
+		[]string{"get", "secrets", "-n", ns},
+		[]string{"get", "configmaps", "-n", ns},
+	)
+
+	t.Run("the service runs with the rendered sidecar's settings", func(t *testing.T) {
+		runOperatorSidecar(t, s, rendered, sts, ns)
+	})
+}
+
+// runOperatorSidecar runs nats-server with the server config the chart would write for values
+// (the release's resolver and config.merge, default_sentinel included) and the service binary
+// with exactly the rendered sidecar's environment: the downward API resolved from the pod's
+// annotations, the files under a directory laid out like the kubelet's mounts of step 4's
+// Secret and ConfigMap. Only what points at a cluster is replaced: the nats-server port, the
+// Kubernetes API (a kubeconfig instead of in-cluster), its issuer and the HTTP address. A pod
+// that presents only its token is then placed in APP.
+func runOperatorSidecar(t *testing.T, s *operatorSetup, values map[string]any, sts appsv1.StatefulSet, ns string) {
+	dir := testDir(t)
+
+	// nats.conf as the chart renders it: config.resolver (its directory and merge), then
+	// config.merge on top; the chart writes it as JSON.
+	srv := &natsServer{name: "nats-server", dir: dir, confPath: filepath.Join(dir, "nats.conf"), port: freePort(t), httpPort: freePort(t)}
+	conf := map[string]any{}
+	if get(values, "config", "resolver", "enabled") == true {
+		resolver := map[string]any{"dir": filepath.Join(dir, "resolver")}
+		if m, ok := get(values, "config", "resolver", "merge").(map[string]any); ok {
+			resolver = mergeOverwrite(resolver, m)
+		}
+		conf["resolver"] = resolver
+	}
+	conf = mergeOverwrite(conf, get(values, "config", "merge").(map[string]any))
+	confJSON, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, srv.confPath, confJSON)
+	if out, err := exec.Command(suite.natsServer, append(srv.args(), "-t")...).CombinedOutput(); err != nil {
+		t.Fatalf("nats-server refuses the rendered config: %v\n%s", err, out)
+	}
+	srv.start(t)
+
+	// The sidecar's volumes, where its mounts put them.
+	spec := sts.Spec.Template.Spec
+	sc := spec.Containers[2]
+	root := filepath.Join(dir, "mnt")
+	var mounts []string
+	for _, m := range sc.VolumeMounts {
+		i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		var files map[string][]byte
+		switch v := spec.Volumes[i]; {
+		case v.Secret != nil && v.Secret.SecretName == guideSecret:
+			files = s.keys
+		case v.ConfigMap != nil && v.ConfigMap.Name == guideConfigMap:
+			files = s.accounts
+		default:
+			t.Fatalf("mount %s: volume %+v is neither %s nor %s", m.Name, v.VolumeSource, guideSecret, guideConfigMap)
+		}
+		newSecretVolume(t, filepath.Join(root, m.MountPath), files)
+		mounts = append(mounts, m.MountPath)
+	}
+
+	// The container's environment, resolved as the kubelet does.
+	svc := &calloutService{name: "callout", dir: dir, httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	replace := map[string]string{
+		"NATS_URL":       srv.url(),
+		"K8S_IN_CLUSTER": "false",
+		"JWT_ISSUER":     suite.issuer,
+		"HTTP_ADDR":      svc.httpAddr,
+	}
+	svc.env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir, "KUBECONFIG=" + suite.serviceKubeconfig}
+	for _, e := range sc.Env {
+		v := e.Value
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil || !strings.HasPrefix(e.ValueFrom.FieldRef.FieldPath, "metadata.annotations['") {
+				t.Fatalf("env %s: %+v is not a pod annotation", e.Name, e.ValueFrom)
+			}
+			name := strings.TrimSuffix(strings.TrimPrefix(e.ValueFrom.FieldRef.FieldPath, "metadata.annotations['"), "']")
+			// A missing annotation is an empty value, as with the kubelet.
+			v = sts.Spec.Template.Annotations[name]
+		}
+		if slices.ContainsFunc(mounts, func(m string) bool { return strings.HasPrefix(v, m+"/") }) {
+			v = filepath.Join(root, v)
+		}
+		if r, ok := replace[e.Name]; ok {
+			v = r
+			delete(replace, e.Name)
+		}
+		svc.env = append(svc.env, e.Name+"="+v)
+	}
+	if len(replace) > 0 {
+		t.Fatalf("the sidecar does not set %v", slices.Sorted(maps.Keys(replace)))
+	}
+	t.Cleanup(func() { checkLogHoldsNoSecrets(t, svc.p) })
+	svc.start(t)
+	// The start-up checks passed (it started), and the files agree.
+	wantSetupOK(t, svc, true)
+
+	// A pod with only its token: the default sentinel takes it to the callout, and the callout
+	// places it in APP with its namespace's subjects.
+	newServiceAccount(t, ns, "orders", nil)
+	tok := kubectlToken(t, ns, "orders", "nats")
+	nc := connectWhenKnown(t, srv.url(), tok, nats.Name("helm-values-operator"))
+	if err := nc.Publish(ns+".orders.created", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := flushErr(nc); err != nil {
+		t.Errorf("publish to %s.orders.created: %v", ns, err)
+	}
+	conns, err := srv.connz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(conns, func(c connInfo) bool { return c.Name == "helm-values-operator" })
+	if i < 0 || conns[i].Account != s.appPub {
+		t.Errorf("the token client's connection %+v, want it in APP (%s)", conns, s.appPub)
+	}
+	if got := svc.requests(t, "result", "allowed"); got < 1 {
+		t.Errorf("allowed callouts = %g", got)
 	}
 }

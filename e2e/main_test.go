@@ -7,6 +7,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rsa"
 	"encoding/base64"
@@ -196,6 +197,16 @@ func (s *suiteEnv) setUpServiceIdentity(ctx context.Context) error {
 	out, err := exec.CommandContext(ctx, s.kubectl, "--kubeconfig", s.kubeconfig, "apply", "-f", rbac).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("kubectl apply -f %s: %w\n%s", rbac, err, out)
+	}
+	// The RBAC of the Helm values, for this ServiceAccount.
+	values, err := renderCalloutRBAC("nats", "nats-k8s-oidc-callout")
+	if err != nil {
+		return fmt.Errorf("RBAC of %s: %w", calloutValuesFile, err)
+	}
+	apply := exec.CommandContext(ctx, s.kubectl, "--kubeconfig", s.kubeconfig, "apply", "-f", "-")
+	apply.Stdin = bytes.NewReader(values)
+	if out, err := apply.CombinedOutput(); err != nil {
+		return fmt.Errorf("kubectl apply the RBAC of %s: %w\n%s", calloutValuesFile, err, out)
 	}
 	// A token with the API server's own audience, like a pod's kube-api-access volume.
 	tok, err := s.kube.CoreV1().ServiceAccounts("nats").CreateToken(ctx, "nats-k8s-oidc-callout", &authv1.TokenRequest{
