@@ -142,27 +142,28 @@ func versionString() string {
 // config is every setting of the serve command. Each comes from an environment variable and
 // can be overridden by the flag of the same name in lower-case kebab form.
 type config struct {
-	NATSURL        string
-	CredsFile      string
-	SigningKeyFile string
-	Account        string
-	XKeyFile       string
-	InCluster      bool
-	Kubeconfig     string
-	JWKSURL        string
-	Issuer         string
-	Audience       string
-	LogLevel       string
-	LogFormat      string
-	HTTPAddr       string
-	Namespaces     string
-	MaxTTL         time.Duration
-	Workers        int
-	RequestTimeout time.Duration
-	DefaultPub     string
-	DefaultSub     string
-	JWKSRefresh    time.Duration
-	ShowVersion    bool
+	NATSURL         string
+	CredsFile       string
+	SigningKeyFile  string
+	Account         string
+	XKeyFile        string
+	InCluster       bool
+	Kubeconfig      string
+	JWKSURL         string
+	Issuer          string
+	Audience        string
+	LogLevel        string
+	LogFormat       string
+	HTTPAddr        string
+	Namespaces      string
+	MaxTTL          time.Duration
+	Workers         int
+	RequestTimeout  time.Duration
+	DefaultPub      string
+	DefaultSub      string
+	AnnotationLimit string
+	JWKSRefresh     time.Duration
+	ShowVersion     bool
 	// Operator mode (decentralized JWT).
 	Mode                  string
 	TargetSigningKeyFile  string
@@ -255,6 +256,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", env.duration("CALLOUT_REQUEST_TIMEOUT", 1500*time.Millisecond), "per-request deadline, below the server's authorization timeout (env CALLOUT_REQUEST_TIMEOUT)")
 	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", "{namespace}.>", "subjects every ServiceAccount may publish to; {namespace}, {serviceaccount}, {inbox} are replaced")
 	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", "{namespace}.>,{inbox}.>", "subjects every ServiceAccount may subscribe to")
+	s(&c.AnnotationLimit, "annotation-subject-limit", "ANNOTATION_SUBJECT_LIMIT", "", "subjects allow annotations may grant within, e.g. {namespace}.>; entries outside are dropped (default: no limit)")
 	fs.DurationVar(&c.JWKSRefresh, "jwks-refresh-interval", env.duration("JWKS_REFRESH_INTERVAL", time.Hour), "background JWKS refresh; unknown key IDs also trigger a (rate-limited) refresh (env JWKS_REFRESH_INTERVAL)")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
 	if env.err != nil {
@@ -340,7 +342,26 @@ func (c config) validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("HTTP_ADDR: %q is not host:port (e.g. :8080)", c.HTTPAddr)
 	}
+	d, none := c.policyDefaults(), []string{}
+	for _, s := range []struct {
+		name string
+		only kube.PolicyDefaults
+	}{
+		{"DEFAULT_PUB_SUBJECTS", kube.PolicyDefaults{Pub: d.Pub, Sub: none}},
+		{"DEFAULT_SUB_SUBJECTS", kube.PolicyDefaults{Pub: none, Sub: d.Sub}},
+		{"ANNOTATION_SUBJECT_LIMIT", kube.PolicyDefaults{Pub: none, AnnotationLimit: d.AnnotationLimit}},
+	} {
+		if err := s.only.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
 	return nil
+}
+
+// policyDefaults are the subjects and the annotation limit of DEFAULT_PUB_SUBJECTS,
+// DEFAULT_SUB_SUBJECTS and ANNOTATION_SUBJECT_LIMIT.
+func (c config) policyDefaults() kube.PolicyDefaults {
+	return kube.PolicyDefaults{Pub: splitList(c.DefaultPub), Sub: splitList(c.DefaultSub), AnnotationLimit: splitList(c.AnnotationLimit)}
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -511,12 +532,11 @@ func serve(ctx context.Context, c config, d deps) error {
 		}
 	}
 
-	defaults := kube.PolicyDefaults{Pub: splitList(c.DefaultPub), Sub: splitList(c.DefaultSub)}
 	store, err := kube.NewStore(d.client, kube.StoreConfig{
-		Namespaces: splitList(c.Namespaces), Defaults: defaults, Logger: log, Registerer: reg,
+		Namespaces: splitList(c.Namespaces), Defaults: c.policyDefaults(), Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return fmt.Errorf("DEFAULT_PUB_SUBJECTS/DEFAULT_SUB_SUBJECTS: %w", err)
+		return fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -941,7 +961,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	defaults := kube.PolicyDefaults{Pub: splitList(c.DefaultPub), Sub: splitList(c.DefaultSub)}
+	defaults := c.policyDefaults()
 	tokens := &devTokens{issuer: issuer, dir: filepath.Join(dir, "tokens"), audience: devAudience, ttl: dc.TokenTTL, log: log}
 
 	d := deps{

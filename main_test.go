@@ -462,6 +462,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
 		{"log format", map[string]string{"LOG_FORMAT": "xml"}, nil, "LOG_FORMAT"},
 		{"http addr", map[string]string{"HTTP_ADDR": "8080"}, nil, "HTTP_ADDR"},
+		{"default pub template", map[string]string{"DEFAULT_PUB_SUBJECTS": "{nope}.>"}, nil, "DEFAULT_PUB_SUBJECTS"},
+		{"default sub subject", map[string]string{"DEFAULT_SUB_SUBJECTS": "a..b"}, nil, "DEFAULT_SUB_SUBJECTS"},
+		{"annotation limit", map[string]string{"ANNOTATION_SUBJECT_LIMIT": "{namespace}.>,x.>.y"}, nil, "ANNOTATION_SUBJECT_LIMIT"},
 		{"flag overrides a good env with a bad value", nil, []string{"--nats-account", "SYS"}, "NATS_ACCOUNT"},
 	}
 	for _, tt := range tests {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,5 +197,63 @@ func TestAnnotatedServiceAccount(t *testing.T) {
 		if len(replies) != 1 || replies[0] != "first" {
 			t.Errorf("replies delivered: %q, want exactly [first]", replies)
 		}
+	})
+}
+
+// ANNOTATION_SUBJECT_LIMIT: allow annotations reaching outside the limit are dropped (and the
+// decision log says so); the ones inside and the defaults still work. (The suite's observer,
+// granted ">" by annotation, is limited too here, so a ServiceAccount inside the limit witnesses
+// the deliveries; refused publishes are shown by the server's permissions violation.)
+func TestAnnotationSubjectLimit(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, deployOpts{serviceEnv: []string{"ANNOTATION_SUBJECT_LIMIT={namespace}.>,shared.*"}})
+	ns := newNamespace(t, "limit")
+	newServiceAccount(t, ns, "greedy", map[string]string{
+		"nats.io/allowed-pub-subjects": "shared.news, other.x, >, _INBOX_perm_orders.x",
+		"nats.io/allowed-sub-subjects": "shared.*, _INBOX.>",
+	})
+	newServiceAccount(t, ns, "witness", map[string]string{"nats.io/allowed-sub-subjects": "shared.*"})
+	tok := token(t, ns, "greedy")
+	url := d.nats.url()
+	connectWhenKnown(t, url, tok).Close()
+	witness := connectWhenKnown(t, url, token(t, ns, "witness"))
+	defer witness.Close()
+	got := make(chan *nats.Msg, 16)
+	for _, subj := range []string{"limit.>", "shared.*"} {
+		if _, err := witness.ChanSubscribe(subj, got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flushErr(witness); err != nil {
+		t.Fatalf("witness subscriptions inside the limit: %v", err)
+	}
+
+	for _, subj := range []string{"limit.x", "shared.news"} {
+		payload := "p-" + randomHex(4)
+		if err := tryPublish(t, url, tok, subj, payload); err != nil {
+			t.Errorf("publish %q (inside the limit): %v", subj, err)
+			continue
+		}
+		select {
+		case m := <-got:
+			if m.Subject != subj || string(m.Data) != payload {
+				t.Errorf("publish %q: witness got %q on %q", subj, m.Data, m.Subject)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("publish %q: not delivered", subj)
+		}
+	}
+	for _, subj := range []string{"other.x", "anything.else", "_INBOX_perm_orders.x", "shared.a.b"} {
+		wantViolation(t, tryPublish(t, url, tok, subj, "nope"), "publish", subj)
+	}
+	if err := trySubscribe(t, url, tok, "shared.news"); err != nil {
+		t.Errorf("subscribe shared.news (inside the limit): %v", err)
+	}
+	wantViolation(t, trySubscribe(t, url, tok, "_INBOX.x"), "subscribe", "_INBOX.x")
+	eventually(t, 10*time.Second, "dropped grants in the decision log", func() error {
+		if log := d.svc.p.log(); !strings.Contains(log, `dropped \"other.x\": outside the annotation subject limit limit.>,shared.*`) {
+			return errors.New("no warning about other.x in the service log")
+		}
+		return nil
 	})
 }

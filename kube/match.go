@@ -47,3 +47,20 @@ func subjectMatches(pattern, subject string) bool {
 	}
 	return len(pt) == len(st)
 }
+
+// subjectWithin reports whether every subject pattern matches is also matched by limit (both
+// valid subjects; '*' one token, a final '>' one or more).
+func subjectWithin(pattern, limit string) bool {
+	pt, lt := strings.Split(pattern, "."), strings.Split(limit, ".")
+	for i, l := range lt {
+		switch {
+		case l == ">":
+			return len(pt) > i
+		case i >= len(pt), pt[i] == ">":
+			return false
+		case l != "*" && pt[i] != l:
+			return false
+		}
+	}
+	return len(pt) == len(lt)
+}

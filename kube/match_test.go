@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -68,6 +69,45 @@ func TestPermissionsAllows(t *testing.T) {
 	for s, want := range sub {
 		if got := p.AllowsSubscribe(s); got != want {
 			t.Errorf("AllowsSubscribe(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestSubjectWithin(t *testing.T) {
+	tests := []struct {
+		pattern, limit string
+		want           bool
+	}{
+		{"a.b", "a.b", true},
+		{"a.b", "a.*", true},
+		{"a.*", "a.*", true},
+		{"a.*", "a.b", false},
+		{"a.b.c", "a.>", true},
+		{"a.*.c", "a.>", true},
+		{"a.>", "a.>", true},
+		{"a", "a.>", false}, // '>' needs at least one more token
+		{"a.>", "a.*", false},
+		{"a.>", "a.b.>", false},
+		{"a.b.>", "a.*.>", true},
+		{">", ">", true},
+		{"anything.at.all", ">", true},
+		{">", "a.>", false},
+		{"b.c", "a.>", false},
+		{"a.b.c", "a.*", false},
+		{"a.b", "a.b.c", false},
+		{"_INBOX_other_ns.x", "team.>", false},
+	}
+	for _, tt := range tests {
+		if got := subjectWithin(tt.pattern, tt.limit); got != tt.want {
+			t.Errorf("subjectWithin(%q, %q) = %v, want %v", tt.pattern, tt.limit, got, tt.want)
+		}
+		// Within means: whatever the pattern matches, the limit matches too.
+		if tt.want {
+			for _, subj := range []string{tt.pattern, strings.ReplaceAll(strings.ReplaceAll(tt.pattern, "*", "x"), ">", "y.z")} {
+				if !strings.ContainsAny(subj, "*>") && subjectMatches(tt.pattern, subj) && !subjectMatches(tt.limit, subj) {
+					t.Errorf("%q is within %q, but %q matches only the first", tt.pattern, tt.limit, subj)
+				}
+			}
 		}
 	}
 }

@@ -47,12 +47,18 @@ type Policy struct {
 	Warnings []string
 }
 
-// PolicyDefaults are the subjects every ServiceAccount gets before its annotations apply.
-// Entries are templates: {namespace} is the namespace, {serviceaccount} the name with '.'
-// replaced by '_' (always one subject token), {inbox} the private reply inbox prefix
-// (InboxPrefix). The zero value means DefaultPolicyDefaults().
+// PolicyDefaults are the subjects every ServiceAccount gets before its annotations apply, and
+// the limit its allow annotations must stay within. Entries are templates: {namespace} is the
+// namespace, {serviceaccount} the name with '.' replaced by '_' (always one subject token),
+// {inbox} the private reply inbox prefix (InboxPrefix). Pub and Sub both nil mean
+// DefaultPolicyDefaults()'s.
 type PolicyDefaults struct {
 	Pub, Sub []string
+	// AnnotationLimit, if not empty, bounds what allow annotations can grant: an entry is kept
+	// only if every subject it matches is matched by one of these patterns (e.g.
+	// "{namespace}.>" keeps each ServiceAccount's grants inside its namespace's subjects);
+	// others are dropped with a warning. Defaults and deny annotations are not limited.
+	AnnotationLimit []string
 }
 
 // DefaultPolicyDefaults returns the built-in defaults: publish and subscribe within the
@@ -84,10 +90,10 @@ func (d PolicyDefaults) Validate() error {
 	for _, list := range []struct {
 		kind      string
 		templates []string
-	}{{"publish", d.Pub}, {"subscribe", d.Sub}} {
+	}{{"default publish", d.Pub}, {"default subscribe", d.Sub}, {"annotation limit", d.AnnotationLimit}} {
 		for _, tmpl := range list.templates {
 			if _, err := render(tmpl, "namespace", "service.account"); err != nil {
-				return fmt.Errorf("default %s subject %q: %w", list.kind, tmpl, err)
+				return fmt.Errorf("%s subject %q: %w", list.kind, tmpl, err)
 			}
 		}
 	}
@@ -96,7 +102,8 @@ func (d PolicyDefaults) Validate() error {
 
 func (d PolicyDefaults) orDefault() PolicyDefaults {
 	if d.Pub == nil && d.Sub == nil {
-		return DefaultPolicyDefaults()
+		def := DefaultPolicyDefaults()
+		d.Pub, d.Sub = def.Pub, def.Sub
 	}
 	return d
 }
@@ -161,8 +168,12 @@ func ParsePolicy(d PolicyDefaults, namespace, name string, annotations map[strin
 	if p.Permissions.SubAllow, err = renderAll(d.Sub, namespace, name); err != nil {
 		return Policy{}, fmt.Errorf("%w: default subscribe subjects: %w", ErrInvalidPolicy, err)
 	}
-	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, &w)
-	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, &w)
+	limit, err := renderAll(d.AnnotationLimit, namespace, name)
+	if err != nil {
+		return Policy{}, fmt.Errorf("%w: annotation subject limit: %w", ErrInvalidPolicy, err)
+	}
+	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, limit, &w)
+	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, limit, &w)
 	if p.Permissions.PubDeny, err = denied(AnnotationDeniedPub, annotations); err != nil {
 		return Policy{}, err
 	}
@@ -220,8 +231,8 @@ func renderAll(templates []string, namespace, name string) ([]string, error) {
 }
 
 // addAllowed appends the valid, new entries of an allow annotation to list and records a
-// warning for each invalid one.
-func addAllowed(list []string, key string, annotations map[string]string, w *warnings) []string {
+// warning for each invalid one and, when limit is not empty, for each one not within it.
+func addAllowed(list []string, key string, annotations map[string]string, limit []string, w *warnings) []string {
 	seen := make(map[string]bool, len(list))
 	for _, s := range list {
 		seen[s] = true
@@ -229,6 +240,10 @@ func addAllowed(list []string, key string, annotations map[string]string, w *war
 	for entry := range entries(annotations[key]) {
 		if err := validSubject(entry); err != nil {
 			w.add(fmt.Sprintf("%s: dropped %s: %v", key, quote(entry), err))
+			continue
+		}
+		if len(limit) > 0 && !slices.ContainsFunc(limit, func(l string) bool { return subjectWithin(entry, l) }) {
+			w.add(fmt.Sprintf("%s: dropped %s: outside the annotation subject limit %s", key, quote(entry), strings.Join(limit, ",")))
 			continue
 		}
 		if !seen[entry] {

@@ -320,6 +320,52 @@ func TestReason(t *testing.T) {
 	}
 }
 
+func TestParsePolicyAnnotationLimit(t *testing.T) {
+	d := DefaultPolicyDefaults()
+	d.AnnotationLimit = []string{"{namespace}.>", "shared.*.events"}
+	p, err := ParsePolicy(d, "team-a", "app", map[string]string{
+		AnnotationAllowedPub: "team-a.orders.>, shared.eu.events, shared.>, team-b.orders, >, _INBOX_team-b_app.x",
+		AnnotationAllowedSub: "team-a.*, _INBOX.>, shared.*.events",
+		AnnotationDeniedPub:  "other.>", // deny entries only narrow: never limited
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms := p.Permissions
+	// The defaults stay (the inbox default is the operator's, not an annotation).
+	if want := []string{"team-a.>", "team-a.orders.>", "shared.eu.events"}; !slices.Equal(perms.PubAllow, want) {
+		t.Errorf("PubAllow = %q, want %q", perms.PubAllow, want)
+	}
+	if want := []string{"team-a.>", "_INBOX_team-a_app.>", "team-a.*", "shared.*.events"}; !slices.Equal(perms.SubAllow, want) {
+		t.Errorf("SubAllow = %q, want %q", perms.SubAllow, want)
+	}
+	if want := []string{"other.>"}; !slices.Equal(perms.PubDeny, want) {
+		t.Errorf("PubDeny = %q, want %q", perms.PubDeny, want)
+	}
+	dropped := 0
+	for _, w := range p.Warnings {
+		if strings.Contains(w, "outside the annotation subject limit team-a.>,shared.*.events") {
+			dropped++
+		}
+	}
+	if dropped != 5 { // shared.>, team-b.orders, >, _INBOX_team-b_app.x, _INBOX.>
+		t.Errorf("%d entries reported as outside the limit, want 5: %q", dropped, p.Warnings)
+	}
+
+	// Without a limit the same annotations grant everything they name.
+	p, err = ParsePolicy(DefaultPolicyDefaults(), "team-a", "app", map[string]string{AnnotationAllowedPub: ">"})
+	if err != nil || !slices.Contains(p.Permissions.PubAllow, ">") {
+		t.Errorf("no limit: PubAllow = %q (%v), want \">\" granted", p.Permissions.PubAllow, err)
+	}
+
+	// A limit that does not render fails validation.
+	bad := DefaultPolicyDefaults()
+	bad.AnnotationLimit = []string{"{nope}.>"}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "annotation limit") {
+		t.Errorf("Validate = %v, want an annotation limit error", err)
+	}
+}
+
 // FuzzParsePolicy checks the parser's safety properties on arbitrary annotation values: it
 // never panics; every subject it returns is valid for nats-server; an invalid deny entry
 // always fails the policy and no deny entry is ever dropped; allow lists hold nothing but the
@@ -339,6 +385,21 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 		d := DefaultPolicyDefaults()
 		p, err := ParsePolicy(d, "team-a", name, annotations)
+		// With a limit, nothing an annotation grants reaches outside it.
+		limited := d
+		limited.AnnotationLimit = []string{"team-a.>", "shared.*"}
+		if lp, lerr := ParsePolicy(limited, "team-a", name, annotations); lerr == nil {
+			for _, list := range [][]string{lp.Permissions.PubAllow, lp.Permissions.SubAllow} {
+				for _, s := range list {
+					inbox := strings.HasPrefix(s, InboxPrefix("team-a", name)+".")
+					if !inbox && !subjectWithin(s, "team-a.>") && !subjectWithin(s, "shared.*") {
+						t.Fatalf("limited policy grants %q: %+v", s, lp.Permissions)
+					}
+				}
+			}
+		} else if (err == nil) != (lerr == nil) {
+			t.Fatalf("the limit changed whether the policy parses: %v vs %v", err, lerr)
+		}
 
 		denyInvalid := false
 		for _, v := range []string{pubDeny, subDeny} {
