@@ -38,6 +38,7 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -446,6 +447,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	log := newLogger(stderr, c.LogLevel, c.LogFormat)
+	// client-go logs through klog: into the same structured log, not klog's own format.
+	klog.SetSlogLogger(slog.New(infoAndAbove{log.Handler()}))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -462,6 +465,22 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	return serve(ctx, c, deps{client: client, jwksURL: jwksURL, httpClient: httpClient, log: log, reg: reg})
+}
+
+// infoAndAbove passes on records at info level or above only: client-go's verbose klog lines
+// (V-levels, which map below debug) stay out of the service's log even at LOG_LEVEL=debug.
+type infoAndAbove struct{ slog.Handler }
+
+func (h infoAndAbove) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo && h.Handler.Enabled(ctx, l)
+}
+
+func (h infoAndAbove) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return infoAndAbove{h.Handler.WithAttrs(attrs)}
+}
+
+func (h infoAndAbove) WithGroup(name string) slog.Handler {
+	return infoAndAbove{h.Handler.WithGroup(name)}
 }
 
 // deps are the outside-world parts serve runs against; dev mode supplies its own.
@@ -872,6 +891,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := newLogger(stderr, dc.LogLevel, dc.LogFormat)
+	klog.SetSlogLogger(slog.New(infoAndAbove{log.Handler()}))
 	dir := dc.Dir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "nats-callout-dev-"); err != nil {

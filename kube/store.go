@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -58,7 +59,11 @@ type Store struct {
 	log       *slog.Logger
 	count     prometheus.Gauge
 	syncGauge prometheus.Gauge
-	started   atomic.Bool
+	watchErrs prometheus.Counter
+	// failingSince is when list/watch calls started failing, nil while they work.
+	failingSince  atomic.Pointer[time.Time]
+	lastOutageLog atomic.Int64
+	started       atomic.Bool
 }
 
 // NewStore builds the informers (without starting them: see Run) and validates the config.
@@ -99,6 +104,10 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 			Name: "nats_callout_informer_synced",
 			Help: "1 when the ServiceAccount informer cache has synced, else 0.",
 		}),
+		watchErrs: factory.NewCounter(prometheus.CounterOpts{
+			Name: "nats_callout_informer_watch_errors_total",
+			Help: "Failed ServiceAccount list and watch calls to the API server; decisions use the cache meanwhile.",
+		}),
 	}
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
@@ -107,10 +116,14 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 		api := client.Resource(ServiceAccountsResource).Namespace(ns)
 		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-				return api.List(ctx, opts)
+				l, err := api.List(ctx, opts)
+				s.apiResult(ctx, ns, err)
+				return l, err
 			},
 			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-				return api.Watch(ctx, opts)
+				w, err := api.Watch(ctx, opts)
+				s.apiResult(ctx, ns, err)
+				return w, err
 			},
 		}, client)
 		inf := cache.NewSharedIndexInformerWithOptions(lw, &ServiceAccount{}, cache.SharedIndexInformerOptions{
@@ -118,6 +131,9 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 			ObjectDescription: "serviceaccounts",
 		})
 		if err := inf.SetTransform(trimServiceAccount); err != nil {
+			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
+		}
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchError(ns)); err != nil {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
 		}
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -133,6 +149,56 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 		s.synced = append(s.synced, reg.HasSynced)
 	}
 	return s, nil
+}
+
+// apiOutageReminder is how often a continuing list/watch failure is logged again.
+const apiOutageReminder = time.Minute
+
+// apiResult records the outcome of one list or watch call of the informers. The informer
+// retries failures with backoff by itself (connection-refused ones silently) and decisions
+// keep using the cache meanwhile, so this is what makes an API server outage, or RBAC that
+// forbids the list, visible: every failure is counted, the first one and then one a minute
+// is logged, and the first success after failures says so.
+func (s *Store) apiResult(ctx context.Context, ns string, err error) {
+	scope := ns
+	if scope == "" {
+		scope = "all namespaces"
+	}
+	if err == nil {
+		if s.failingSince.Swap(nil) != nil {
+			s.log.InfoContext(ctx, "serviceaccount list/watch works again", "namespaces", scope)
+		}
+		return
+	}
+	if ctx.Err() != nil {
+		return // stopping
+	}
+	s.watchErrs.Inc()
+	now := time.Now()
+	since := s.failingSince.Load()
+	if since == nil {
+		s.failingSince.CompareAndSwap(nil, &now)
+		s.lastOutageLog.Store(now.UnixNano())
+		s.log.WarnContext(ctx, "serviceaccount list/watch failed; deciding from the cache until the API server answers",
+			"namespaces", scope, "error", err)
+		return
+	}
+	last := s.lastOutageLog.Load()
+	if now.UnixNano()-last >= int64(apiOutageReminder) && s.lastOutageLog.CompareAndSwap(last, now.UnixNano()) {
+		s.log.WarnContext(ctx, "serviceaccount list/watch still failing; deciding from the cache",
+			"namespaces", scope, "since", since.UTC().Format(time.RFC3339), "error", err)
+	}
+}
+
+// watchError handles what the informer reports itself: the failures apiResult has logged
+// already, and watches ended by the API server (expired resource versions, closed streams),
+// after which the informer re-lists. Only worth a debug line.
+func (s *Store) watchError(ns string) cache.WatchErrorHandlerWithContext {
+	return func(ctx context.Context, _ *cache.Reflector, err error) {
+		if !errors.Is(err, io.EOF) {
+			s.log.DebugContext(ctx, "serviceaccount watch ended; the informer re-lists", "namespace", ns, "error", err)
+		}
+	}
 }
 
 // trimServiceAccount drops what the store never reads to keep the cache small. It copies
