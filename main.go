@@ -1513,6 +1513,7 @@ func (sc devScenario) print(w io.Writer) {
 	fmt.Fprintf(w, "          return strings.TrimSpace(string(b))\n")
 	fmt.Fprintf(w, "      }),\n")
 	fmt.Fprintf(w, "      nats.CustomInboxPrefix(%q), // the only inbox it may subscribe to\n", inbox)
+	fmt.Fprintf(w, "      nats.MaxReconnects(-1), nats.IgnoreAuthErrorAbort(), // keep retrying while no callout answers\n")
 	fmt.Fprintf(w, "  )\n")
 	if sc.demo != "" {
 		fmt.Fprintf(w, "\nJust now, with nats.go (make check runs the whole self-test):\n\n")

@@ -1,0 +1,233 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// stormClients is how many connections reconnect at once in TestReconnectStorm
+// (E2E_STORM_CLIENTS overrides it for a bigger load run).
+const stormClients = 1000
+
+// A reconnect storm: many workloads connected through the callout, then their nats-server
+// restarts and they all reconnect at once, each reconnect a callout. Every one must get back
+// in with its permissions, none may be denied, and the run prints how long the storm took and
+// what it cost the sidecar.
+//
+//	scripts/e2e.sh -run TestReconnectStorm     (E2E_STORM_CLIENTS=N for another size)
+func TestReconnectStorm(t *testing.T) {
+	n := stormClients
+	if v := os.Getenv("E2E_STORM_CLIENTS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("E2E_STORM_CLIENTS=%q: want a positive number", v)
+		}
+	}
+	d := newDeployment(t, deployOpts{xkey: true})
+	url := d.nats.url()
+	ns := newNamespace(t, "storm")
+	const accounts = 10
+	tokens := make([]string, accounts)
+	for i := range accounts {
+		name := fmt.Sprintf("worker-%d", i)
+		newServiceAccount(t, ns, name, nil)
+		tokens[i] = token(t, ns, name)
+	}
+	connectWhenKnown(t, url, tokens[accounts-1]).Close()
+
+	var reconnected atomic.Int64
+	conns := make([]*nats.Conn, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 50) // connect the fleet at a steady pace, not as a storm
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			nc, err := nats.Connect(url,
+				nats.Token(tokens[i%accounts]),
+				nats.Name(fmt.Sprintf("storm-%d", i)),
+				nats.MaxReconnects(-1),
+				nats.ReconnectHandler(func(*nats.Conn) { reconnected.Add(1) }),
+				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
+			)
+			if err != nil {
+				errs <- err
+				return
+			}
+			conns[i] = nc
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("connecting the fleet: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	})
+	before := d.svc.metrics(t)
+
+	start := time.Now()
+	d.restartNATS(t, d.conf)
+	eventually(t, 3*time.Minute, fmt.Sprintf("all %d connections back", n), func() error {
+		if got := reconnected.Load(); got < int64(n) {
+			return fmt.Errorf("%d of %d reconnected", got, n)
+		}
+		return nil
+	})
+	took := time.Since(start)
+
+	// Back with their permissions: each publishes in its namespace and is not refused.
+	for i, nc := range conns {
+		if err := nc.Publish(ns+".storm", []byte("back")); err != nil {
+			t.Fatalf("connection %d after the storm: %v", i, err)
+		}
+	}
+	for i, nc := range conns {
+		if err := flushErr(nc); err != nil {
+			t.Fatalf("connection %d after the storm: %v", i, err)
+		}
+	}
+
+	after := d.svc.metrics(t)
+	delta := func(labels ...string) float64 {
+		return after.sum("nats_callout_requests_total", labels...) - before.sum("nats_callout_requests_total", labels...)
+	}
+	if denied := delta("result", "denied"); denied != 0 {
+		t.Errorf("%g reconnects denied: %s", denied, after.requestsString())
+	}
+	if allowed := delta("result", "allowed"); allowed < float64(n) {
+		t.Errorf("%g reconnects allowed, want at least %d", allowed, n)
+	}
+	p50, p99 := histogramQuantile(before, after, "nats_callout_request_duration_seconds", 0.5),
+		histogramQuantile(before, after, "nats_callout_request_duration_seconds", 0.99)
+	t.Logf("reconnect storm: %d connections back %.1fs after the nats-server restart began; callouts allowed %g, dropped %g (overloaded %g), denied %g; "+
+		"callout p50 <= %s, p99 <= %s (histogram bucket bounds); sidecar RSS %.0f MiB, goroutines %g",
+		n, took.Seconds(), delta("result", "allowed"), delta("result", "dropped"), delta("reason", "overloaded"), delta("result", "denied"),
+		p50, p99, after.sum("process_resident_memory_bytes")/(1<<20), after.sum("go_goroutines"))
+}
+
+// histogramQuantile is the upper bound of the histogram bucket holding quantile q of the
+// observations made between two scrapes.
+func histogramQuantile(before, after metricSet, name string, q float64) string {
+	type bucket struct{ le, count float64 }
+	var buckets []bucket
+	for _, s := range after {
+		if s.name != name+"_bucket" {
+			continue
+		}
+		le, err := strconv.ParseFloat(s.labels["le"], 64)
+		if err != nil {
+			continue
+		}
+		buckets = append(buckets, bucket{le, s.value - before.sum(name+"_bucket", "le", s.labels["le"])})
+	}
+	slices.SortFunc(buckets, func(a, b bucket) int {
+		switch {
+		case a.le < b.le:
+			return -1
+		case a.le > b.le:
+			return 1
+		}
+		return 0
+	})
+	if len(buckets) == 0 || buckets[len(buckets)-1].count == 0 {
+		return "n/a"
+	}
+	target := q * buckets[len(buckets)-1].count
+	for _, b := range buckets {
+		if b.count >= target {
+			if math.IsInf(b.le, 1) {
+				return "+Inf"
+			}
+			return (time.Duration(b.le * float64(time.Second))).String()
+		}
+	}
+	return "n/a"
+}
+
+// Workloads reconnecting while no sidecar answers (nats-server restarted, its sidecar not back
+// yet): each attempt is refused with an authorization error. nats.go gives up for good after
+// the same authorization error twice unless the client sets IgnoreAuthErrorAbort, which the
+// README therefore recommends: those clients get back in as soon as the sidecar answers.
+func TestReconnectWhileCalloutDown(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, deployOpts{})
+	url := d.nats.url()
+	ns := newNamespace(t, "patience")
+	newServiceAccount(t, ns, "worker", nil)
+	tok := token(t, ns, "worker")
+	connectWhenKnown(t, url, tok).Close()
+
+	fleet := func(patient bool) []*nats.Conn {
+		var out []*nats.Conn
+		for range 5 {
+			opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond)}
+			if patient {
+				opts = append(opts, nats.IgnoreAuthErrorAbort())
+			}
+			out = append(out, connect(t, url, tok, opts...))
+		}
+		return out
+	}
+	patient, plain := fleet(true), fleet(false)
+
+	if err := d.svc.p.signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := d.svc.p.signal(syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(resume)
+	d.nats.restart(t)
+	// Long enough for several refused reconnect attempts per client.
+	time.Sleep(6 * time.Second)
+	resume()
+
+	eventually(t, 30*time.Second, "the IgnoreAuthErrorAbort clients back", func() error {
+		for i, nc := range patient {
+			if !nc.IsConnected() {
+				return fmt.Errorf("client %d: %s (last error %v)", i, nc.Status(), nc.LastError())
+			}
+		}
+		return nil
+	})
+	for i, nc := range patient {
+		if err := nc.Publish(ns+".back", nil); err != nil {
+			t.Errorf("client %d: %v", i, err)
+		} else if err := flushErr(nc); err != nil {
+			t.Errorf("client %d: %v", i, err)
+		}
+	}
+	closed := 0
+	for _, nc := range plain {
+		if nc.IsClosed() {
+			closed++
+		}
+	}
+	t.Logf("without IgnoreAuthErrorAbort %d of %d clients gave up for good while the sidecar was away", closed, len(plain))
+	if closed == 0 {
+		t.Error("no client without IgnoreAuthErrorAbort gave up: the README's advice to set it is not needed any more")
+	}
+}
