@@ -208,7 +208,7 @@ func TestReconnectWhileCalloutDown(t *testing.T) {
 	eventually(t, 30*time.Second, "the IgnoreAuthErrorAbort clients back", func() error {
 		for i, nc := range patient {
 			if !nc.IsConnected() {
-				return fmt.Errorf("client %d: %s (last error %v)", i, nc.Status(), nc.LastError())
+				return fmt.Errorf("client %d: %s (last error %w)", i, nc.Status(), nc.LastError())
 			}
 		}
 		return nil
