@@ -137,7 +137,7 @@ func startServer(t *testing.T, conf string) (*server.Server, string) {
 }
 
 // env is one running deployment: nats-server, the callout service, a token issuer with its
-// JWKS, and a Kubernetes API (fake clientset feeding real informers).
+// JWKS, and a Kubernetes API (a MemoryCluster feeding real informers).
 type env struct {
 	t       *testing.T
 	url     string

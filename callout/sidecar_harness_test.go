@@ -246,7 +246,7 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// world is the Kubernetes side that every sidecar of a test shares: one API (a fake clientset
+// world is the Kubernetes side that every sidecar of a test shares: one API (a MemoryCluster
 // feeding a real informer) and one token issuer with its JWKS.
 type world struct {
 	t        testing.TB
