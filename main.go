@@ -73,10 +73,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDev(ctx, args, stdout, stderr)
 	case "init":
 		err = runInit(args, stdout, stderr)
+	case "explain":
+		err = runExplain(ctx, args, os.LookupEnv, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	default:
-		err = fmt.Errorf("unknown command %q (commands: serve, dev, init, version)", cmd)
+		err = fmt.Errorf("unknown command %q (commands: serve, dev, init, explain, version)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -223,6 +225,141 @@ func (e *envSource) int(key string, def int) int {
 		e.err = fmt.Errorf("%s: %q is not an integer", key, v)
 	}
 	return n
+}
+
+// runExplain prints what the service would grant a ServiceAccount, and whether it may publish
+// or subscribe to given subjects: the same lookup and annotation parsing as a decision, with
+// the same settings (DEFAULT_*_SUBJECTS, ANNOTATION_SUBJECT_LIMIT, K8S_IN_CLUSTER, KUBECONFIG)
+// from the environment, so that `kubectl exec` into the sidecar explains its own decisions.
+func runExplain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) error {
+	env := &envSource{lookup: lookup, set: map[string]bool{}}
+	var c config
+	fs := flag.NewFlagSet("nats-k8s-oidc-callout explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: nats-k8s-oidc-callout explain [flags] NAMESPACE/SERVICEACCOUNT [SUBJECT...]\n\n"+
+			"Prints the NATS permissions the service grants the ServiceAccount (from its annotations and the\n"+
+			"defaults), the annotation entries it ignores, and for each SUBJECT whether publishing and\n"+
+			"subscribing to it are allowed. Reads the ServiceAccount from the cluster, or from --manifest.\n\n")
+		fs.PrintDefaults()
+	}
+	s := func(p *string, name, key, def, usage string) {
+		fs.StringVar(p, name, env.str(key, def), usage+" (env "+key+")")
+	}
+	fs.BoolVar(&c.InCluster, "k8s-in-cluster", env.bool("K8S_IN_CLUSTER", false), "use the pod's in-cluster Kubernetes config (env K8S_IN_CLUSTER)")
+	s(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file when not in cluster (default ~/.kube/config)")
+	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", "{namespace}.>", "as for serve")
+	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", "{namespace}.>,{inbox}.>", "as for serve")
+	s(&c.AnnotationLimit, "annotation-subject-limit", "ANNOTATION_SUBJECT_LIMIT", "", "as for serve")
+	manifest := fs.String("manifest", "", "read the ServiceAccount from this manifest (YAML, as dev mode takes) instead of a cluster")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if env.err != nil {
+		return env.err
+	}
+	if fs.NArg() < 1 {
+		fs.Usage()
+		return errors.New("explain: NAMESPACE/SERVICEACCOUNT is required")
+	}
+	ns, name, ok := strings.Cut(fs.Arg(0), "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("explain: %q is not NAMESPACE/SERVICEACCOUNT", fs.Arg(0))
+	}
+	defaults := c.policyDefaults()
+	for _, d := range []struct {
+		name string
+		only kube.PolicyDefaults
+	}{
+		{"DEFAULT_PUB_SUBJECTS", kube.PolicyDefaults{Pub: defaults.Pub, Sub: []string{}}},
+		{"DEFAULT_SUB_SUBJECTS", kube.PolicyDefaults{Pub: []string{}, Sub: defaults.Sub}},
+		{"ANNOTATION_SUBJECT_LIMIT", kube.PolicyDefaults{Pub: []string{}, AnnotationLimit: defaults.AnnotationLimit}},
+	} {
+		if err := d.only.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", d.name, err)
+		}
+	}
+
+	var sa *kube.ServiceAccount
+	if *manifest != "" {
+		data, err := os.ReadFile(*manifest)
+		if err != nil {
+			return fmt.Errorf("--manifest: %w", err)
+		}
+		sas, err := kube.ParseServiceAccounts(data)
+		if err != nil {
+			return fmt.Errorf("--manifest %s: %w", *manifest, err)
+		}
+		for i := range sas {
+			if sas[i].Namespace == ns && sas[i].Name == name {
+				sa = &sas[i]
+			}
+		}
+		if sa == nil {
+			return fmt.Errorf("%s/%s is not in %s: a token of it would be refused (serviceaccount_not_found)", ns, name, *manifest)
+		}
+	} else {
+		rc, err := kubeConfig(c)
+		if err != nil {
+			return err
+		}
+		client, err := metadata.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		sa, err = client.Resource(kube.ServiceAccountsResource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("serviceaccount %s/%s: %w (a token of it would be refused if it does not exist)", ns, name, err)
+		}
+	}
+	return explain(stdout, defaults, sa, fs.Args()[1:])
+}
+
+// explain writes the permissions of sa and the verdict on each subject.
+func explain(w io.Writer, defaults kube.PolicyDefaults, sa *kube.ServiceAccount, subjects []string) error {
+	if sa.DeletionTimestamp != nil {
+		return fmt.Errorf("%s/%s is being deleted: its tokens are refused (serviceaccount_deleting)", sa.Namespace, sa.Name)
+	}
+	p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
+	if err != nil {
+		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", sa.Namespace, sa.Name, kube.Reason(err), err)
+	}
+	perms := p.Permissions
+	list := func(l []string) string {
+		if len(l) == 0 {
+			return "-"
+		}
+		return strings.Join(l, "  ")
+	}
+	fmt.Fprintf(w, "%s/%s", sa.Namespace, sa.Name)
+	if sa.UID != "" {
+		fmt.Fprintf(w, " (uid %s)", sa.UID)
+	}
+	fmt.Fprintf(w, "\n  publish    allow  %s\n             deny   %s\n", list(perms.PubAllow), list(perms.PubDeny))
+	fmt.Fprintf(w, "  subscribe  allow  %s\n             deny   %s\n", list(perms.SubAllow), list(perms.SubDeny))
+	responses := "one reply to each request it receives"
+	if !perms.AllowResponses {
+		responses = "none (nats.io/allow-responses is false)"
+	}
+	fmt.Fprintf(w, "  responses  %s\n  inbox      %s (nats.CustomInboxPrefix / nats --inbox-prefix)\n",
+		responses, kube.InboxPrefix(sa.Namespace, sa.Name))
+	for _, warning := range p.Warnings {
+		fmt.Fprintf(w, "  ignored    %s\n", warning)
+	}
+	for _, subj := range subjects {
+		if strings.ContainsAny(subj, "*>") {
+			fmt.Fprintf(w, "%s: wildcards are not checked here; give a literal subject\n", subj)
+			continue
+		}
+		verdict := func(ok bool) string {
+			if ok {
+				return "allowed"
+			}
+			return "refused"
+		}
+		fmt.Fprintf(w, "%s: publish %s, subscribe %s\n", subj, verdict(perms.AllowsPublish(subj)), verdict(perms.AllowsSubscribe(subj)))
+	}
+	return nil
 }
 
 // parseConfig reads the environment, then flags, then validates.

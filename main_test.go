@@ -592,3 +592,67 @@ func TestInit(t *testing.T) {
 		t.Fatalf("init --finish-rotation: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+func TestExplain(t *testing.T) {
+	env := func(kv map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := kv[k]; return v, ok }
+	}
+	run := func(t *testing.T, vars map[string]string, args ...string) (string, error) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		err := runExplain(context.Background(), append([]string{"--manifest", defaultDevManifest}, args...), env(vars), &out, &errOut)
+		return out.String(), err
+	}
+
+	out, err := run(t, nil, "shop/orders", "billing.charges.create", "shop.admin.x", "_INBOX.x", "shop.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"publish    allow  shop.>  billing.charges.create\n",
+		"deny   shop.admin.>\n",
+		"subscribe  allow  shop.>  _INBOX_shop_orders.>\n",
+		"inbox      _INBOX_shop_orders",
+		"billing.charges.create: publish allowed, subscribe refused\n",
+		"shop.admin.x: publish refused, subscribe allowed\n",
+		"_INBOX.x: publish refused, subscribe refused\n",
+		"shop.*: wildcards are not checked here",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	// The same settings as serve, from the environment: a limit drops what reaches outside it.
+	out, err = run(t, map[string]string{"ANNOTATION_SUBJECT_LIMIT": "{namespace}.>"}, "shop/orders", "billing.charges.create")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `ignored    nats.io/allowed-pub-subjects: dropped "billing.charges.create": outside the annotation subject limit shop.>`) ||
+		!strings.Contains(out, "billing.charges.create: publish refused") {
+		t.Errorf("with ANNOTATION_SUBJECT_LIMIT:\n%s", out)
+	}
+
+	// Refusals say why, as a decision would.
+	if _, err := run(t, nil, "shop/ghost"); err == nil || !strings.Contains(err.Error(), "serviceaccount_not_found") {
+		t.Errorf("unknown ServiceAccount: %v", err)
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "sa.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: team\n  annotations:\n    nats.io/denied-pub-subjects: \"a..b\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var sink bytes.Buffer
+	err = runExplain(context.Background(), []string{"--manifest", bad, "team/app"}, env(nil), &sink, &sink)
+	if err == nil || !strings.Contains(err.Error(), "invalid_policy") {
+		t.Errorf("invalid deny annotation: %v", err)
+	}
+	for _, args := range [][]string{{}, {"no-slash"}, {"/x"}} {
+		if _, err := run(t, nil, args...); err == nil {
+			t.Errorf("explain %q succeeded", args)
+		}
+	}
+	if _, err := run(t, map[string]string{"DEFAULT_PUB_SUBJECTS": "{nope}"}, "shop/orders"); err == nil || !strings.Contains(err.Error(), "DEFAULT_PUB_SUBJECTS") {
+		t.Errorf("bad DEFAULT_PUB_SUBJECTS: %v", err)
+	}
+}

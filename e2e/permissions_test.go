@@ -5,6 +5,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -256,4 +257,39 @@ func TestAnnotationSubjectLimit(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// `explain` run as the sidecar would run it (its kubeconfig, its RBAC) reads the ServiceAccount
+// from the API server and shows what a decision grants, uid included.
+func TestExplainAgainstCluster(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t, "explain")
+	sa := newServiceAccount(t, ns, "orders", map[string]string{
+		"nats.io/allowed-pub-subjects": "events.orders.>, bad..entry",
+		"nats.io/denied-pub-subjects":  "explain.internal.>",
+	})
+	cmd := exec.Command(suite.serviceBin, "explain", ns+"/orders", "events.orders.created", "explain.internal.x", "other.x")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + testDir(t), "K8S_IN_CLUSTER=false", "KUBECONFIG=" + suite.serviceKubeconfig}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		ns + "/orders (uid " + string(sa.UID) + ")",
+		"publish    allow  explain.>  events.orders.>",
+		"deny   explain.internal.>",
+		`ignored    nats.io/allowed-pub-subjects: dropped "bad..entry"`,
+		"events.orders.created: publish allowed",
+		"explain.internal.x: publish refused",
+		"other.x: publish refused, subscribe refused",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	cmd = exec.Command(suite.serviceBin, "explain", ns+"/nobody")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + testDir(t), "K8S_IN_CLUSTER=false", "KUBECONFIG=" + suite.serviceKubeconfig}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "not found") {
+		t.Errorf("explain of a missing ServiceAccount: %v\n%s", err, out)
+	}
 }
