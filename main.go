@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -383,7 +384,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	fs.BoolVar(&c.InCluster, "k8s-in-cluster", env.bool("K8S_IN_CLUSTER", true), "use the pod's in-cluster Kubernetes config; false uses --kubeconfig (env K8S_IN_CLUSTER)")
 	s(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file when not in cluster (default ~/.kube/config)")
 	s(&c.JWKSURL, "jwks-url", "JWKS_URL", defaultJWKSURL, "JWKS of the ServiceAccount token issuer")
-	s(&c.Issuer, "jwt-issuer", "JWT_ISSUER", "https://kubernetes.default.svc", "expected token issuer (iss)")
+	s(&c.Issuer, "jwt-issuer", "JWT_ISSUER", "https://kubernetes.default.svc", "expected token issuer (iss); auto reads it from the API server's OIDC discovery at start-up")
 	s(&c.Audience, "jwt-audience", "JWT_AUDIENCE", "nats", "audience tokens must carry (aud)")
 	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	s(&c.LogFormat, "log-format", "LOG_FORMAT", "json", "json or text")
@@ -597,11 +598,76 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	if c.Issuer == issuerAuto {
+		if c.Issuer, err = discoverIssuer(ctx, rc, log, time.Minute); err != nil {
+			return fmt.Errorf("JWT_ISSUER=auto: %w", err)
+		}
+	}
 	jwksURL, httpClient, err := jwksClient(c, rc)
 	if err != nil {
 		return err
 	}
 	return serve(ctx, c, deps{client: client, jwksURL: jwksURL, httpClient: httpClient, log: log, reg: reg})
+}
+
+// issuerAuto as JWT_ISSUER reads the issuer from the API server's OIDC discovery document.
+const issuerAuto = "auto"
+
+// discoverIssuer reads the ServiceAccount token issuer from the API server's OIDC discovery
+// document (/.well-known/openid-configuration; the ClusterRole
+// system:service-account-issuer-discovery allows it), so that one setting works on every
+// cluster. The API server may not answer yet when the pod starts: failures are retried with
+// backoff for up to patience, then start-up stops with the last error.
+func discoverIssuer(ctx context.Context, rc *rest.Config, log *slog.Logger, patience time.Duration) (string, error) {
+	rt, err := rest.TransportFor(rc)
+	if err != nil {
+		return "", fmt.Errorf("HTTP client from the Kubernetes config: %w", err)
+	}
+	client := &http.Client{Transport: rt, Timeout: 10 * time.Second}
+	u := strings.TrimSuffix(rc.Host, "/") + "/.well-known/openid-configuration"
+	fetch := func() (string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return "", err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("GET %s: %s", u, resp.Status)
+		}
+		var doc struct {
+			Issuer string `json:"issuer"`
+		}
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&doc); err != nil {
+			return "", fmt.Errorf("GET %s: not an OIDC discovery document: %w", u, err)
+		}
+		if parsed, err := url.Parse(doc.Issuer); err != nil || doc.Issuer == "" || parsed.Scheme == "" || parsed.Host == "" {
+			return "", fmt.Errorf("GET %s: no usable issuer in it (%q)", u, doc.Issuer)
+		}
+		return doc.Issuer, nil
+	}
+	deadline := time.Now().Add(patience)
+	wait := 500 * time.Millisecond
+	for {
+		iss, err := fetch()
+		if err == nil {
+			log.Info("JWT issuer discovered", "issuer", iss, "from", u)
+			return iss, nil
+		}
+		if time.Now().Add(wait).After(deadline) || ctx.Err() != nil {
+			return "", fmt.Errorf("%w (set JWT_ISSUER to the issuer URL instead)", err)
+		}
+		log.Warn("JWT issuer discovery failed; retrying", "url", u, "error", err, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 8*time.Second)
+	}
 }
 
 // infoAndAbove passes on records at info level or above only: client-go's verbose klog lines

@@ -5,17 +5,23 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
+
+	"k8s.io/client-go/rest"
 )
 
 // syncBuffer collects output written from several goroutines.
@@ -654,5 +660,47 @@ func TestExplain(t *testing.T) {
 	}
 	if _, err := run(t, map[string]string{"DEFAULT_PUB_SUBJECTS": "{nope}"}, "shop/orders"); err == nil || !strings.Contains(err.Error(), "DEFAULT_PUB_SUBJECTS") {
 		t.Errorf("bad DEFAULT_PUB_SUBJECTS: %v", err)
+	}
+}
+
+func TestDiscoverIssuer(t *testing.T) {
+	var calls, failFirst atomic.Int32
+	var doc atomic.Value
+	failFirst.Store(2)
+	doc.Store(`{"issuer":"https://oidc.example.com/id/ABC","jwks_uri":"https://oidc.example.com/id/ABC/keys"}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		if calls.Add(1) <= failFirst.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, doc.Load().(string))
+	}))
+	defer srv.Close()
+	log := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+
+	// The API server answers after two failures: retried, then used.
+	iss, err := discoverIssuer(ctx, &rest.Config{Host: srv.URL}, log, 30*time.Second)
+	if err != nil || iss != "https://oidc.example.com/id/ABC" {
+		t.Fatalf("discoverIssuer = %q, %v", iss, err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d requests, want 3 (two refused, one answered)", n)
+	}
+
+	// A document without a usable issuer, or no document at all, stops start-up with the reason.
+	calls.Store(0)
+	failFirst.Store(0)
+	doc.Store(`{"issuer":""}`)
+	if _, err := discoverIssuer(ctx, &rest.Config{Host: srv.URL}, log, time.Second); err == nil ||
+		!strings.Contains(err.Error(), "no usable issuer") || !strings.Contains(err.Error(), "set JWT_ISSUER") {
+		t.Errorf("empty issuer: %v", err)
+	}
+	if _, err := discoverIssuer(ctx, &rest.Config{Host: srv.URL + "/nowhere"}, log, time.Second); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("no document: %v", err)
 	}
 }

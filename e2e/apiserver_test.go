@@ -215,3 +215,21 @@ func TestAPIServerOutage(t *testing.T) {
 		return nil
 	})
 }
+
+// JWT_ISSUER=auto: the sidecar reads the issuer from the API server's OIDC discovery (with its
+// own RBAC) and enforces it: the cluster's tokens are accepted, a token of the cluster's key
+// naming another issuer is refused.
+func TestIssuerDiscovery(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, deployOpts{serviceEnv: []string{"JWT_ISSUER=auto"}})
+	ns := newNamespace(t, "discovery")
+	sa := newServiceAccount(t, ns, "app", nil)
+	connectWhenKnown(t, d.nats.url(), token(t, ns, "app")).Close()
+	log := d.svc.p.log()
+	if !strings.Contains(log, `"msg":"JWT issuer discovered","issuer":"`+suite.issuer+`"`) {
+		t.Errorf("no discovery of %s in the log:\n%s", suite.issuer, d.svc.p.tail(20))
+	}
+	wrong := realisticClaims(sa, time.Hour)
+	wrong.Issuer = "https://kubernetes.default.svc.example"
+	wantRefused(t, d, "wrong_issuer", nats.Token(forge(t, wrong, nil)))
+}

@@ -1205,10 +1205,10 @@ func runOperatorSidecar(t *testing.T, s *operatorSetup, values map[string]any, s
 
 	// The container's environment, resolved as the kubelet does.
 	svc := &calloutService{name: "callout", dir: dir, httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	// JWT_ISSUER stays as the file has it (auto): discovered from the API server.
 	replace := map[string]string{
 		"NATS_URL":       srv.url(),
 		"K8S_IN_CLUSTER": "false",
-		"JWT_ISSUER":     suite.issuer,
 		"HTTP_ADDR":      svc.httpAddr,
 	}
 	svc.env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir, "KUBECONFIG=" + suite.serviceKubeconfig}
