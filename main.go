@@ -267,19 +267,10 @@ func runExplain(ctx context.Context, args []string, lookup func(string) (string,
 	if !ok || ns == "" || name == "" {
 		return fmt.Errorf("explain: %q is not NAMESPACE/SERVICEACCOUNT", fs.Arg(0))
 	}
-	defaults := c.policyDefaults()
-	for _, d := range []struct {
-		name string
-		only kube.PolicyDefaults
-	}{
-		{"DEFAULT_PUB_SUBJECTS", kube.PolicyDefaults{Pub: defaults.Pub, Sub: []string{}}},
-		{"DEFAULT_SUB_SUBJECTS", kube.PolicyDefaults{Pub: []string{}, Sub: defaults.Sub}},
-		{"ANNOTATION_SUBJECT_LIMIT", kube.PolicyDefaults{Pub: []string{}, AnnotationLimit: defaults.AnnotationLimit}},
-	} {
-		if err := d.only.Validate(); err != nil {
-			return fmt.Errorf("%s: %w", d.name, err)
-		}
+	if err := c.validatePolicy(); err != nil {
+		return err
 	}
+	defaults := c.policyDefaults()
 
 	var sa *kube.ServiceAccount
 	if *manifest != "" {
@@ -481,6 +472,12 @@ func (c config) validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("HTTP_ADDR: %q is not host:port (e.g. :8080)", c.HTTPAddr)
 	}
+	return c.validatePolicy()
+}
+
+// validatePolicy checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS and ANNOTATION_SUBJECT_LIMIT
+// one at a time, so that an error names the setting.
+func (c config) validatePolicy() error {
 	d, none := c.policyDefaults(), []string{}
 	for _, s := range []struct {
 		name string
