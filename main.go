@@ -230,7 +230,8 @@ func (e *envSource) int(key string, def int) int {
 
 // runExplain prints what the service would grant a ServiceAccount, and whether it may publish
 // or subscribe to given subjects: the same lookup and annotation parsing as a decision, with
-// the same settings (DEFAULT_*_SUBJECTS, ANNOTATION_SUBJECT_LIMIT, K8S_IN_CLUSTER, KUBECONFIG)
+// the same settings (DEFAULT_*_SUBJECTS, ANNOTATION_SUBJECT_LIMIT, WATCH_NAMESPACES,
+// K8S_IN_CLUSTER, KUBECONFIG)
 // from the environment, so that `kubectl exec` into the sidecar explains its own decisions.
 func runExplain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) error {
 	env := &envSource{lookup: lookup, set: map[string]bool{}}
@@ -252,6 +253,7 @@ func runExplain(ctx context.Context, args []string, lookup func(string) (string,
 	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", "{namespace}.>", "as for serve")
 	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", "{namespace}.>,{inbox}.>", "as for serve")
 	s(&c.AnnotationLimit, "annotation-subject-limit", "ANNOTATION_SUBJECT_LIMIT", "", "as for serve")
+	s(&c.Namespaces, "watch-namespaces", "WATCH_NAMESPACES", "", "as for serve")
 	manifest := fs.String("manifest", "", "read the ServiceAccount from this manifest (YAML, as dev mode takes) instead of a cluster")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -269,6 +271,9 @@ func runExplain(ctx context.Context, args []string, lookup func(string) (string,
 	}
 	if err := c.validatePolicy(); err != nil {
 		return err
+	}
+	if watched := splitList(c.Namespaces); len(watched) > 0 && !slices.Contains(watched, ns) {
+		return fmt.Errorf("namespace %s is not in WATCH_NAMESPACES (%s): its tokens are refused (serviceaccount_not_found)", ns, c.Namespaces)
 	}
 	defaults := c.policyDefaults()
 

@@ -640,6 +640,12 @@ func TestExplain(t *testing.T) {
 	}
 
 	// Refusals say why, as a decision would.
+	if _, err := run(t, map[string]string{"WATCH_NAMESPACES": "billing"}, "shop/orders"); err == nil || !strings.Contains(err.Error(), "WATCH_NAMESPACES") {
+		t.Errorf("namespace not watched: %v", err)
+	}
+	if _, err := run(t, map[string]string{"WATCH_NAMESPACES": "billing,shop"}, "shop/orders"); err != nil {
+		t.Errorf("namespace watched: %v", err)
+	}
 	if _, err := run(t, nil, "shop/ghost"); err == nil || !strings.Contains(err.Error(), "serviceaccount_not_found") {
 		t.Errorf("unknown ServiceAccount: %v", err)
 	}
