@@ -1180,6 +1180,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		if cluster, err = kube.NewMemoryCluster(); err != nil {
 			return fmt.Errorf("dev: %w", err)
 		}
+		defer cluster.Close()
 		client = cluster.Client()
 	}
 	c, err := parseConfig(serveArgs, func(string) (string, bool) { return "", false }, stderr)

@@ -330,5 +330,6 @@ func newMemoryCluster(t testing.TB) *kube.MemoryCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(m.Close)
 	return m
 }

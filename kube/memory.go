@@ -49,6 +49,10 @@ func NewMemoryCluster(sas ...*ServiceAccount) (*MemoryCluster, error) {
 	return m, nil
 }
 
+// Close ends every watch and stops the goroutine that feeds them. Call it after the stores
+// built on the cluster have stopped.
+func (m *MemoryCluster) Close() { m.events.Shutdown() }
+
 // Client is the metadata client to build a Store on.
 func (m *MemoryCluster) Client() metadata.Interface { return memoryClient{m} }
 

@@ -29,6 +29,7 @@ func memoryCluster(t *testing.T, sas ...*ServiceAccount) *MemoryCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(m.Close) // after the stores, whose cleanups are registered later
 	return m
 }
 
