@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -1260,5 +1261,54 @@ func runOperatorSidecar(t *testing.T, s *operatorSetup, values map[string]any, s
 	}
 	if got := svc.requests(t, "result", "allowed"); got < 1 {
 		t.Errorf("allowed callouts = %g", got)
+	}
+}
+
+// helm-values/prometheusrule.yaml: a well-formed PrometheusRule whose every alert names series
+// the sidecar really exports (read from a running one that has made decisions).
+func TestPrometheusRule(t *testing.T) {
+	t.Parallel()
+	rule := readYAML(t, "../helm-values/prometheusrule.yaml")
+	if rule["kind"] != "PrometheusRule" || rule["apiVersion"] != "monitoring.coreos.com/v1" {
+		t.Fatalf("prometheusrule.yaml is %v %v", rule["apiVersion"], rule["kind"])
+	}
+	d := newDeployment(t, deployOpts{})
+	ns := newNamespace(t, "alerts")
+	newServiceAccount(t, ns, "app", nil)
+	connectWhenKnown(t, d.nats.url(), token(t, ns, "app")).Close()
+	wantRefused(t, d, "malformed_token", nats.Token("not-a-token"))
+	exported := map[string]bool{}
+	for _, s := range d.svc.metrics(t) {
+		exported[strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(s.name, "_bucket"), "_sum"), "_count")] = true
+	}
+	// Exported in operator mode only; TestOperatorGuide reads it from a running sidecar.
+	exported["nats_callout_operator_setup_ok"] = true
+
+	metricRE := regexp.MustCompile(`\bnats_callout_[a-z_]+`)
+	alerts := 0
+	for _, g := range typed[[]any](t, get(rule, "spec", "groups")) {
+		for _, r := range typed[[]any](t, get(g, "rules")) {
+			name, _ := get(r, "alert").(string)
+			expr, _ := get(r, "expr").(string)
+			severity, _ := get(r, "labels", "severity").(string)
+			summary, _ := get(r, "annotations", "summary").(string)
+			if name == "" || expr == "" || summary == "" || (severity != "warning" && severity != "critical") {
+				t.Errorf("rule %v: want alert, expr, labels.severity (warning or critical) and annotations.summary", r)
+				continue
+			}
+			alerts++
+			names := metricRE.FindAllString(expr, -1)
+			if len(names) == 0 {
+				t.Errorf("alert %s uses none of the sidecar's series: %s", name, expr)
+			}
+			for _, m := range names {
+				if !exported[strings.TrimSuffix(m, "_bucket")] {
+					t.Errorf("alert %s uses %s, which the sidecar does not export", name, m)
+				}
+			}
+		}
+	}
+	if alerts < 5 {
+		t.Errorf("%d alerts, want the set the file documents", alerts)
 	}
 }
