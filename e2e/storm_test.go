@@ -35,6 +35,14 @@ func TestReconnectStorm(t *testing.T) {
 			t.Fatalf("E2E_STORM_CLIENTS=%q: want a positive number", v)
 		}
 	}
+	// Each connection is a file descriptor here and in nats-server (Go raises the soft limit to
+	// the hard one at start); leave room for everything else on a machine with a low limit.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(n)+512 {
+		capped := max(int(lim.Cur)-512, 100) //nolint:gosec // a file descriptor limit fits an int
+		t.Logf("RLIMIT_NOFILE is %d: %d connections instead of %d", lim.Cur, capped, n)
+		n = capped
+	}
 	d := newDeployment(t, deployOpts{xkey: true})
 	url := d.nats.url()
 	ns := newNamespace(t, "storm")
