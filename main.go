@@ -163,6 +163,10 @@ type config struct {
 	MaxTTL          time.Duration
 	Workers         int
 	RequestTimeout  time.Duration
+	TLSCAFile       string
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSServerName   string
 	DefaultPub      string
 	DefaultSub      string
 	AnnotationLimit string
@@ -373,6 +377,10 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	s(&c.SigningKeyFile, "nats-signing-key-file", "NATS_SIGNING_KEY_FILE", "", "issuer account seed(s) (SA...) that sign responses and user JWTs (required)")
 	s(&c.Account, "nats-account", "NATS_ACCOUNT", "", "target account users are placed in (required)")
 	s(&c.XKeyFile, "nats-xkey-file", "NATS_XKEY_FILE", "", "curve seed (SX...) for encrypted callouts; must match auth_callout.xkey")
+	s(&c.TLSCAFile, "nats-tls-ca-file", "NATS_TLS_CA_FILE", "", "CA bundle (PEM) to verify nats-server's TLS certificate; setting any NATS_TLS_* turns TLS on")
+	s(&c.TLSCertFile, "nats-tls-cert-file", "NATS_TLS_CERT_FILE", "", "client certificate (PEM) for a nats-server that verifies clients")
+	s(&c.TLSKeyFile, "nats-tls-key-file", "NATS_TLS_KEY_FILE", "", "key (PEM) of NATS_TLS_CERT_FILE")
+	s(&c.TLSServerName, "nats-tls-server-name", "NATS_TLS_SERVER_NAME", "", "name nats-server's certificate must carry (the sidecar dials 127.0.0.1), e.g. nats.nats.svc")
 	s(&c.Mode, "nats-mode", "NATS_MODE", "", "server-config or operator (default: operator when NATS_ACCOUNT is an account public key A..., else server-config)")
 	s(&c.TargetSigningKeyFile, "nats-target-signing-key-file", "NATS_TARGET_SIGNING_KEY_FILE", "", "operator mode: the target account's seed or unscoped signing key seed that signs user JWTs (default NATS_SIGNING_KEY_FILE)")
 	s(&c.CalloutAccountJWTFile, "nats-callout-account-jwt-file", "NATS_CALLOUT_ACCOUNT_JWT_FILE", "", "operator mode, optional: the callout account's JWT, to check the setup at start-up")
@@ -477,7 +485,20 @@ func (c config) validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("HTTP_ADDR: %q is not host:port (e.g. :8080)", c.HTTPAddr)
 	}
+	if t := c.tls(); t != nil {
+		if err := t.Check(); err != nil {
+			return err
+		}
+	}
 	return c.validatePolicy()
+}
+
+// tls is the TLS set-up of the NATS connection, nil unless a NATS_TLS_* setting is given.
+func (c config) tls() *callout.TLSFiles {
+	if c.TLSCAFile == "" && c.TLSCertFile == "" && c.TLSKeyFile == "" && c.TLSServerName == "" {
+		return nil
+	}
+	return &callout.TLSFiles{CAFile: c.TLSCAFile, CertFile: c.TLSCertFile, KeyFile: c.TLSKeyFile, ServerName: c.TLSServerName}
 }
 
 // validatePolicy checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS and ANNOTATION_SUBJECT_LIMIT
@@ -793,7 +814,7 @@ func serve(ctx context.Context, c config, d deps) error {
 		return err
 	}
 	svc, err = callout.NewService(callout.ServiceConfig{
-		URL: c.NATSURL, Credentials: creds, UseJWT: c.operator(), Handler: handler, Workers: c.Workers,
+		URL: c.NATSURL, Credentials: creds, UseJWT: c.operator(), TLS: c.tls(), Handler: handler, Workers: c.Workers,
 		RequestTimeout: c.RequestTimeout, Logger: log, Metrics: metrics,
 	})
 	if err != nil {
@@ -837,7 +858,7 @@ func serve(ctx context.Context, c config, d deps) error {
 
 	log.Info("starting", "version", version, "commit", commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
 		"issuers", signingKeys.Current(), "jwks_url", d.jwksURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
-		"http_addr", ln.Addr().String(), "encrypted", c.XKeyFile != "")
+		"http_addr", ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.tls() != nil)
 
 	svcDone := make(chan struct{})
 	g.Go(func() error { return watcher.Run(ctx) })

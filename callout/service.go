@@ -2,10 +2,13 @@ package callout
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -44,6 +47,9 @@ type ServiceConfig struct {
 	// UseJWT logs in with the credential's user JWT (operator mode) rather than its bare nkey
 	// (server-config mode, where the server knows the service by `nkey`).
 	UseJWT bool
+	// TLS, if set, makes the connection use TLS with these files, read again at every
+	// (re)connect so that rotated certificates are picked up.
+	TLS *TLSFiles
 	// Handler decides requests (required).
 	Handler *Handler
 	// Workers bounds concurrent requests; 0 means 4×GOMAXPROCS.
@@ -455,6 +461,16 @@ func (s *Service) open(creds *Credentials, replaces bool) (*session, error) {
 			opts = append(opts, nats.Nkey(creds.PublicKey(), creds.Sign))
 		}
 	}
+	if t := s.cfg.TLS; t != nil {
+		// Secure first: RootCAs and ClientCert keep the tls.Config they find.
+		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}))
+		if t.CAFile != "" {
+			opts = append(opts, nats.RootCAs(t.CAFile))
+		}
+		if t.CertFile != "" {
+			opts = append(opts, nats.ClientCert(t.CertFile, t.KeyFile))
+		}
+	}
 	nc, err := nats.Connect(s.cfg.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("callout: connect to %s: %w", s.url, err)
@@ -513,8 +529,28 @@ func (s *Service) connError(sess *session, level slog.Level, msg string, err err
 	}
 	text := errString(err)
 	if ok, suppressed := sess.errLog.allow(text, time.Now()); ok {
-		s.log.Log(context.Background(), level, msg, "url", s.url, "user", sess.pub, "error", text, "repeated", suppressed)
+		attrs := []any{"url", s.url, "user", sess.pub, "error", text, "repeated", suppressed}
+		if hint := tlsHint(text); hint != "" {
+			attrs = append(attrs, "hint", hint)
+		}
+		s.log.Log(context.Background(), level, msg, attrs...)
 	}
+}
+
+// tlsHint explains the TLS failures a sidecar dialing 127.0.0.1 meets, from nats.go's error
+// text (which does not wrap the x509 error).
+func tlsHint(text string) string {
+	switch {
+	case strings.Contains(text, "x509: cannot validate certificate for") || strings.Contains(text, "x509: certificate is valid for"):
+		return "nats-server's certificate does not name the address dialed: set NATS_TLS_SERVER_NAME to a DNS name in it (e.g. the NATS Service's)"
+	case strings.Contains(text, "x509: certificate signed by unknown authority"):
+		return "set NATS_TLS_CA_FILE to the CA that signed nats-server's certificate"
+	case strings.Contains(text, "secure connection required"):
+		return "nats-server requires TLS: set NATS_TLS_CA_FILE (and NATS_TLS_SERVER_NAME)"
+	case strings.Contains(text, "certificate required") || strings.Contains(text, "bad certificate"):
+		return "nats-server verifies clients: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE"
+	}
+	return ""
 }
 
 // confirm marks a session ready once a round trip proves the server has its subscription.
@@ -585,6 +621,41 @@ func (s *Service) serve(ctx context.Context, j job) {
 	if err := j.msg.Respond(reply); err != nil {
 		s.log.Warn("cannot send callout response", "error", err)
 	}
+}
+
+// TLSFiles are the files of the service's TLS connection to nats-server.
+type TLSFiles struct {
+	// CAFile verifies the server's certificate; empty means the system roots.
+	CAFile string
+	// CertFile and KeyFile are the client certificate, for a server that verifies clients.
+	CertFile, KeyFile string
+	// ServerName is the name the server's certificate must carry. The sidecar dials
+	// 127.0.0.1, which a certificate rarely names; empty means the URL's host.
+	ServerName string
+}
+
+// Check loads every file once, so that a wrong path or a bad PEM stops start-up with the
+// setting named instead of failing every connection attempt.
+func (t *TLSFiles) Check() error {
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return fmt.Errorf("NATS_TLS_CA_FILE: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("NATS_TLS_CA_FILE: %s holds no PEM certificate", t.CAFile)
+		}
+	}
+	switch {
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		return errors.New("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together: a client certificate needs its key")
+	case t.CertFile != "":
+		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+			// The error names files and PEM structure, never key material.
+			return fmt.Errorf("NATS_TLS_CERT_FILE/NATS_TLS_KEY_FILE: %w", err)
+		}
+	}
+	return nil
 }
 
 // RedactURL returns a NATS URL (or comma-separated list) fit for logs: a password becomes

@@ -30,6 +30,8 @@ type deployOpts struct {
 	static *staticUser
 	// serviceEnv adds settings to the service.
 	serviceEnv []string
+	// tls puts TLS on nats-server's client port.
+	tls *tlsConf
 }
 
 // deployKeys are the nkeys of one deployment.
@@ -111,7 +113,7 @@ func newDeployment(t *testing.T, o deployOpts) *deployment {
 		keyService: seedFile(t, d.keys.service),
 		keyIssuer:  seedFile(t, d.keys.issuer),
 	}
-	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}, static: o.static}
+	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}, static: o.static, tls: o.tls}
 	if o.xkey {
 		d.keys.xkey = newCurveKey(t)
 		files[keyXKey] = seedFile(t, d.keys.xkey)

@@ -30,6 +30,13 @@ type natsConf struct {
 	xkey      string // auth_callout.xkey (X...), optional
 	static    *staticUser
 	cluster   *clusterConf
+	tls       *tlsConf
+}
+
+// tlsConf is the client port's tls block.
+type tlsConf struct {
+	certFile, keyFile, caFile string
+	verify                    bool // clients must present a certificate signed by caFile
 }
 
 // staticUser is an account with its own static credentials that bypasses the callout, like the
@@ -82,6 +89,10 @@ func (c natsConf) render() string {
 		fmt.Fprintf(&b, "    xkey: %q\n", c.xkey)
 	}
 	b.WriteString("  }\n}\n")
+	if c.tls != nil {
+		fmt.Fprintf(&b, "tls {\n  cert_file: %q\n  key_file: %q\n  ca_file: %q\n  verify: %v\n}\n",
+			c.tls.certFile, c.tls.keyFile, c.tls.caFile, c.tls.verify)
+	}
 	if c.cluster != nil {
 		routes := make([]string, len(c.cluster.routes))
 		for i, p := range c.cluster.routes {
