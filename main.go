@@ -608,8 +608,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	log := newLogger(stderr, c.LogLevel, c.LogFormat)
-	// client-go logs through klog: into the same structured log, not klog's own format.
-	klog.SetSlogLogger(slog.New(infoAndAbove{log.Handler()}))
+	routeKlog(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -691,6 +690,16 @@ func discoverIssuer(ctx context.Context, rc *rest.Config, log *slog.Logger, pati
 		}
 		wait = min(2*wait, 8*time.Second)
 	}
+}
+
+// klogRouted makes routeKlog act once per process.
+var klogRouted sync.Once
+
+// routeKlog sends client-go's klog output into log (the service's structured log) rather than
+// klog's own format. klog's logger is process-wide and must not change while informers log, so
+// the first call wins (one service per process; tests run several).
+func routeKlog(log *slog.Logger) {
+	klogRouted.Do(func() { klog.SetSlogLogger(slog.New(infoAndAbove{log.Handler()})) })
 }
 
 // infoAndAbove passes on records at info level or above only: client-go's verbose klog lines
@@ -1117,7 +1126,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := newLogger(stderr, dc.LogLevel, dc.LogFormat)
-	klog.SetSlogLogger(slog.New(infoAndAbove{log.Handler()}))
+	routeKlog(log)
 	dir := dc.Dir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "nats-callout-dev-"); err != nil {
