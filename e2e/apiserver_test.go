@@ -159,21 +159,7 @@ func TestAPIServerOutage(t *testing.T) {
 	newServiceAccount(t, ns, "late", nil)
 	late := token(t, ns, "late")
 
-	// Cut off for a while: known identities keep logging in with what the cache holds.
-	for range 5 {
-		if err := tryPublish(t, url, tok, "steady.before", "x"); err != nil {
-			t.Errorf("during the outage, a known ServiceAccount: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
-	if nc, err := dial(url, nats.Token(late)); err == nil {
-		nc.Close()
-		t.Error("during the outage, a ServiceAccount the cache cannot know yet was let in")
-	}
-	if code, body, err := d.svc.get("/readyz"); err != nil || code != 200 {
-		t.Errorf("during the outage /readyz = %d %v:\n%s", code, err, body)
-	}
-	// ... and says it is cut off.
+	// The sidecar notices it is cut off (its list/watch calls fail) and says so ...
 	eventually(t, 30*time.Second, "the outage reported", func() error {
 		if n := d.svc.metrics(t).sum("nats_callout_informer_watch_errors_total"); n == 0 {
 			return errors.New("nats_callout_informer_watch_errors_total is 0")
@@ -186,6 +172,19 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 		return nil
 	})
+	// ... while known identities keep logging in with what the cache holds.
+	for range 5 {
+		if err := tryPublish(t, url, tok, "steady.before", "x"); err != nil {
+			t.Errorf("during the outage, a known ServiceAccount: %v", err)
+		}
+	}
+	if nc, err := dial(url, nats.Token(late)); err == nil {
+		nc.Close()
+		t.Error("during the outage, a ServiceAccount the cache cannot know yet was let in")
+	}
+	if code, body, err := d.svc.get("/readyz"); err != nil || code != 200 {
+		t.Errorf("during the outage /readyz = %d %v:\n%s", code, err, body)
+	}
 
 	proxy.up(t)
 	eventually(t, 90*time.Second, "the ServiceAccount created during the outage let in", func() error {

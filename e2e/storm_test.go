@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -209,8 +210,14 @@ func TestReconnectWhileCalloutDown(t *testing.T) {
 	}
 	t.Cleanup(resume)
 	d.nats.restart(t)
-	// Long enough for several refused reconnect attempts per client.
-	time.Sleep(6 * time.Second)
+	// Refused reconnect attempts until nats.go gives up on a client without the option (two
+	// in a row); the others have been refused as often by then.
+	eventually(t, 30*time.Second, "a client without IgnoreAuthErrorAbort gave up for good (why the README recommends the option)", func() error {
+		if !slices.ContainsFunc(plain, (*nats.Conn).IsClosed) {
+			return errors.New("all still reconnecting")
+		}
+		return nil
+	})
 	resume()
 
 	eventually(t, 30*time.Second, "the IgnoreAuthErrorAbort clients back", func() error {

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/tools/cache"
 )
 
 func serviceAccount(ns, name, uid string, annotations map[string]string) *ServiceAccount {
@@ -292,8 +293,10 @@ func BenchmarkStore(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = s.Run(ctx) }()
-	for !s.HasSynced() {
-		time.Sleep(10 * time.Millisecond)
+	syncCtx, syncDone := context.WithTimeout(ctx, time.Minute)
+	defer syncDone()
+	if !cache.WaitForCacheSync(syncCtx.Done(), s.HasSynced) {
+		b.Fatal("the store did not sync within a minute")
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
