@@ -54,6 +54,12 @@ var (
 
 const defaultJWKSURL = "https://kubernetes.default.svc/openid/v1/jwks"
 
+// The defaults of DEFAULT_PUB_SUBJECTS and DEFAULT_SUB_SUBJECTS: kube's built-in templates.
+var (
+	defaultPubSubjects = strings.Join(kube.DefaultPolicyDefaults().Pub, ",")
+	defaultSubSubjects = strings.Join(kube.DefaultPolicyDefaults().Sub, ",")
+)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -254,8 +260,8 @@ func runExplain(ctx context.Context, args []string, lookup func(string) (string,
 	}
 	fs.BoolVar(&c.InCluster, "k8s-in-cluster", env.bool("K8S_IN_CLUSTER", false), "use the pod's in-cluster Kubernetes config (env K8S_IN_CLUSTER)")
 	s(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file when not in cluster (default ~/.kube/config)")
-	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", "{namespace}.>", "as for serve")
-	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", "{namespace}.>,{inbox}.>", "as for serve")
+	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", defaultPubSubjects, "as for serve")
+	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", defaultSubSubjects, "as for serve")
 	s(&c.AnnotationLimit, "annotation-subject-limit", "ANNOTATION_SUBJECT_LIMIT", "", "as for serve")
 	s(&c.Namespaces, "watch-namespaces", "WATCH_NAMESPACES", "", "as for serve")
 	manifest := fs.String("manifest", "", "read the ServiceAccount from this manifest (YAML, as dev mode takes) instead of a cluster")
@@ -397,8 +403,8 @@ func parseConfig(args []string, lookup func(string) (string, bool), output io.Wr
 	fs.DurationVar(&c.MaxTTL, "user-jwt-max-ttl", env.duration("USER_JWT_MAX_TTL", 0), "cap on user JWT lifetime; 0 means the token's own expiry (env USER_JWT_MAX_TTL)")
 	fs.IntVar(&c.Workers, "workers", env.int("CALLOUT_WORKERS", 0), "concurrent requests; 0 means 4 per CPU (env CALLOUT_WORKERS)")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", env.duration("CALLOUT_REQUEST_TIMEOUT", 1500*time.Millisecond), "per-request deadline, below the server's authorization timeout (env CALLOUT_REQUEST_TIMEOUT)")
-	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", "{namespace}.>", "subjects every ServiceAccount may publish to; {namespace}, {serviceaccount}, {inbox} are replaced")
-	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", "{namespace}.>,{inbox}.>", "subjects every ServiceAccount may subscribe to")
+	s(&c.DefaultPub, "default-pub-subjects", "DEFAULT_PUB_SUBJECTS", defaultPubSubjects, "subjects every ServiceAccount may publish to; {namespace}, {serviceaccount}, {inbox} are replaced")
+	s(&c.DefaultSub, "default-sub-subjects", "DEFAULT_SUB_SUBJECTS", defaultSubSubjects, "subjects every ServiceAccount may subscribe to")
 	s(&c.AnnotationLimit, "annotation-subject-limit", "ANNOTATION_SUBJECT_LIMIT", "", "subjects allow annotations may grant within, e.g. {namespace}.>; entries outside are dropped (default: no limit)")
 	fs.DurationVar(&c.JWKSRefresh, "jwks-refresh-interval", env.duration("JWKS_REFRESH_INTERVAL", time.Hour), "background JWKS refresh; unknown key IDs also trigger a (rate-limited) refresh (env JWKS_REFRESH_INTERVAL)")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
@@ -591,11 +597,21 @@ func jwksClient(c config, rc *rest.Config) (string, *http.Client, error) {
 	if !servedByAPI {
 		return jwksURL, &http.Client{Timeout: 10 * time.Second}, nil
 	}
+	client, err := apiHTTPClient(rc)
+	if err != nil {
+		return "", nil, fmt.Errorf("JWKS_URL: %w", err)
+	}
+	return jwksURL, client, nil
+}
+
+// apiHTTPClient is a plain HTTP client with the Kubernetes client's CA and credentials, for
+// the API server's non-resource URLs (JWKS, OIDC discovery).
+func apiHTTPClient(rc *rest.Config) (*http.Client, error) {
 	rt, err := rest.TransportFor(rc)
 	if err != nil {
-		return "", nil, fmt.Errorf("JWKS_URL: HTTP client from the Kubernetes config: %w", err)
+		return nil, fmt.Errorf("HTTP client from the Kubernetes config: %w", err)
 	}
-	return jwksURL, &http.Client{Transport: rt, Timeout: 10 * time.Second}, nil
+	return &http.Client{Transport: rt, Timeout: 10 * time.Second}, nil
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -641,11 +657,10 @@ const issuerAuto = "auto"
 // cluster. The API server may not answer yet when the pod starts: failures are retried with
 // backoff for up to patience, then start-up stops with the last error.
 func discoverIssuer(ctx context.Context, rc *rest.Config, log *slog.Logger, patience time.Duration) (string, error) {
-	rt, err := rest.TransportFor(rc)
+	client, err := apiHTTPClient(rc)
 	if err != nil {
-		return "", fmt.Errorf("HTTP client from the Kubernetes config: %w", err)
+		return "", err
 	}
-	client := &http.Client{Transport: rt, Timeout: 10 * time.Second}
 	u := strings.TrimSuffix(rc.Host, "/") + "/.well-known/openid-configuration"
 	fetch := func() (string, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)

@@ -268,9 +268,12 @@ func TestExplainAgainstCluster(t *testing.T) {
 		"nats.io/allowed-pub-subjects": "events.orders.>, bad..entry",
 		"nats.io/denied-pub-subjects":  "explain.internal.>",
 	})
-	cmd := exec.Command(suite.serviceBin, "explain", ns+"/orders", "events.orders.created", "explain.internal.x", "other.x")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + testDir(t), "K8S_IN_CLUSTER=false", "KUBECONFIG=" + suite.serviceKubeconfig}
-	out, err := cmd.CombinedOutput()
+	explain := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(suite.serviceBin, append([]string{"explain"}, args...)...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + testDir(t), "K8S_IN_CLUSTER=false", "KUBECONFIG=" + suite.serviceKubeconfig}
+		return cmd.CombinedOutput()
+	}
+	out, err := explain(ns+"/orders", "events.orders.created", "explain.internal.x", "other.x")
 	if err != nil {
 		t.Fatalf("explain: %v\n%s", err, out)
 	}
@@ -287,9 +290,7 @@ func TestExplainAgainstCluster(t *testing.T) {
 			t.Errorf("explain output lacks %q:\n%s", want, out)
 		}
 	}
-	cmd = exec.Command(suite.serviceBin, "explain", ns+"/nobody")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + testDir(t), "K8S_IN_CLUSTER=false", "KUBECONFIG=" + suite.serviceKubeconfig}
-	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "not found") {
+	if out, err := explain(ns + "/nobody"); err == nil || !strings.Contains(string(out), "not found") {
 		t.Errorf("explain of a missing ServiceAccount: %v\n%s", err, out)
 	}
 }

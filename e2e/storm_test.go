@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -146,15 +147,7 @@ func histogramQuantile(before, after metricSet, name string, q float64) string {
 		}
 		buckets = append(buckets, bucket{le, s.value - before.sum(name+"_bucket", "le", s.labels["le"])})
 	}
-	slices.SortFunc(buckets, func(a, b bucket) int {
-		switch {
-		case a.le < b.le:
-			return -1
-		case a.le > b.le:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(buckets, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
 	if len(buckets) == 0 || buckets[len(buckets)-1].count == 0 {
 		return "n/a"
 	}
