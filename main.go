@@ -42,6 +42,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/atomicfile"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/reload"
 )
@@ -103,16 +105,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func runInit(args []string, stdout, stderr io.Writer) error {
 	fset := flag.NewFlagSet("nats-k8s-oidc-callout init", flag.ContinueOnError)
 	fset.SetOutput(stderr)
-	var o callout.InstallOptions
+	var o installer.InstallOptions
 	out := fset.String("out", "nats-callout", "output directory (secret.yaml is written with mode 0600)")
 	fset.StringVar(&o.Namespace, "namespace", "", "namespace of the NATS release (required on first run)")
-	fset.StringVar(&o.SecretName, "secret-name", "", "name of the Secret (default "+callout.DefaultSecretName+")")
-	fset.StringVar(&o.CalloutAccount, "callout-account", "", "callout account holding only the service user (default "+callout.DefaultCalloutAccount+")")
-	accounts := fset.String("account", "", "comma-separated target accounts; the first is NATS_ACCOUNT (default "+callout.DefaultTargetAccount+")")
-	fset.StringVar(&o.SystemAccount, "system-account", "", "system account, never a callout target (default "+callout.DefaultSystemAccount+")")
+	fset.StringVar(&o.SecretName, "secret-name", "", "name of the Secret (default "+installer.DefaultSecretName+")")
+	fset.StringVar(&o.CalloutAccount, "callout-account", "", "callout account holding only the service user (default "+installer.DefaultCalloutAccount+")")
+	accounts := fset.String("account", "", "comma-separated target accounts; the first is NATS_ACCOUNT (default "+installer.DefaultTargetAccount+")")
+	fset.StringVar(&o.SystemAccount, "system-account", "", "system account, never a callout target (default "+installer.DefaultSystemAccount+")")
 	fset.BoolVar(&o.JetStream, "jetstream", false, "enable JetStream in the target and bypass accounts")
 	fset.Func("bypass-user", "ACCOUNT=U... a user that logs in with its own nkey and never reaches the callout, e.g. NACK (repeatable)", func(s string) error {
-		u, err := callout.ParseBypassUser(s)
+		u, err := installer.ParseBypassUser(s)
 		if err == nil {
 			o.BypassUsers = append(o.BypassUsers, u)
 		}
@@ -127,14 +129,14 @@ func runInit(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("init: unexpected arguments: %v", fset.Args())
 	}
 	o.TargetAccounts = splitList(*accounts)
-	existing, err := os.ReadFile(filepath.Join(*out, callout.InstallSecretFile))
+	existing, err := os.ReadFile(filepath.Join(*out, installer.InstallSecretFile))
 	switch {
 	case err == nil:
 		o.ExistingSecret = existing
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("init: %w", err)
 	}
-	files, err := callout.GenerateInstall(o)
+	files, err := installer.GenerateInstall(o)
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
@@ -1334,7 +1336,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 // devKeys are the files holding the keys dev mode generates; their seeds are never printed.
 type devKeys struct {
 	serviceFile, issuerFile, xkeyFile string
-	config                            callout.ServerConfig
+	config                            installer.ServerConfig
 }
 
 // newDevKeys generates the service user, the issuer account and (if xkey) the curve key, and
@@ -1367,7 +1369,7 @@ func newDevKeys(dir string, xkey bool) (devKeys, error) {
 			return k, fmt.Errorf("dev: %s: %w", g.name, err)
 		}
 		*g.file = filepath.Join(dir, g.name)
-		if err := reload.WriteFile(*g.file, append(seed, '\n'), 0o600); err != nil {
+		if err := atomicfile.WriteFile(*g.file, append(seed, '\n'), 0o600); err != nil {
 			return k, fmt.Errorf("dev: %w", err)
 		}
 	}
@@ -1387,7 +1389,7 @@ func startDevNATS(dir string, port int, keys devKeys) (*server.Server, bool, err
 	}
 	conf := fmt.Sprintf("# nats-server config of `nats-k8s-oidc-callout dev`: every client login goes to the callout.\nlisten: \"127.0.0.1:%d\"\n%s", port, block)
 	path := filepath.Join(dir, "nats.conf")
-	if err := reload.WriteFile(path, []byte(conf), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, false, fmt.Errorf("dev: %w", err)
 	}
 	opts, err := server.ProcessConfigFile(path)
@@ -1560,7 +1562,7 @@ func (t *devTokens) set(sas []kube.ServiceAccount) error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return err
 		}
-		if err := reload.WriteFile(p, []byte(tok), 0o600); err != nil {
+		if err := atomicfile.WriteFile(p, []byte(tok), 0o600); err != nil {
 			return err
 		}
 	}

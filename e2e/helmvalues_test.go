@@ -33,7 +33,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
 )
 
 const (
@@ -307,10 +307,10 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 	}
 	env, _ := envOf(sc)
 	for name, want := range map[string]string{
-		"NATS_CREDS_FILE":       filepath.Join(callout.SecretMountDir, callout.SecretKeyService),
-		"NATS_SIGNING_KEY_FILE": filepath.Join(callout.SecretMountDir, callout.SecretKeyIssuer),
-		"NATS_XKEY_FILE":        filepath.Join(callout.SecretMountDir, callout.SecretKeyXKey),
-		"NATS_ACCOUNT":          callout.DefaultTargetAccount,
+		"NATS_CREDS_FILE":       filepath.Join(installer.SecretMountDir, installer.SecretKeyService),
+		"NATS_SIGNING_KEY_FILE": filepath.Join(installer.SecretMountDir, installer.SecretKeyIssuer),
+		"NATS_XKEY_FILE":        filepath.Join(installer.SecretMountDir, installer.SecretKeyXKey),
+		"NATS_ACCOUNT":          installer.DefaultTargetAccount,
 	} {
 		if env[name] != want {
 			t.Errorf("env %s = %q, want %q", name, env[name], want)
@@ -320,8 +320,8 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 		t.Fatalf("sidecar mounts %+v, want only the Secret", sc.VolumeMounts)
 	}
 	m := sc.VolumeMounts[0]
-	if m.Name != sidecarName || m.MountPath != callout.SecretMountDir || !m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
-		t.Errorf("Secret mount = %+v, want %s read-only at %s as a directory (no subPath)", m, sidecarName, callout.SecretMountDir)
+	if m.Name != sidecarName || m.MountPath != installer.SecretMountDir || !m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
+		t.Errorf("Secret mount = %+v, want %s read-only at %s as a directory (no subPath)", m, sidecarName, installer.SecretMountDir)
 	}
 }
 
@@ -590,7 +590,7 @@ func TestHelmValuesNeedInit(t *testing.T) {
 
 func TestHelmValuesInstall(t *testing.T) {
 	ns := newNamespace(t, "helm-values-"+randomHex(3))
-	files, err := callout.GenerateInstall(callout.InstallOptions{Namespace: ns})
+	files, err := installer.GenerateInstall(installer.InstallOptions{Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,14 +642,14 @@ func TestHelmValuesInstall(t *testing.T) {
 
 	// The Secret holds every file the sidecar's env names.
 	secret := parseYAML(t, "init's secret.yaml", files.Secret.Data)
-	_, _, _, err = callout.ParseSecretManifest(files.Secret.Data)
+	_, _, _, err = installer.ParseSecretManifest(files.Secret.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env, _ := envOf(sts.Spec.Template.Spec.Containers[2])
 	for _, v := range []string{"NATS_CREDS_FILE", "NATS_SIGNING_KEY_FILE", "NATS_XKEY_FILE"} {
-		if _, ok := get(secret, "data", filepath.Base(env[v])).(string); !ok || filepath.Dir(env[v]) != callout.SecretMountDir {
-			t.Errorf("%s=%s is not a key of the Secret mounted at %s", v, env[v], callout.SecretMountDir)
+		if _, ok := get(secret, "data", filepath.Base(env[v])).(string); !ok || filepath.Dir(env[v]) != installer.SecretMountDir {
+			t.Errorf("%s=%s is not a key of the Secret mounted at %s", v, env[v], installer.SecretMountDir)
 		}
 	}
 
@@ -693,7 +693,7 @@ func TestHelmValuesNamespaced(t *testing.T) {
 	ns := newNamespace(t, "helm-values-ns-"+randomHex(3))
 	teams := []string{newNamespace(t, "team-a-"+randomHex(3)), newNamespace(t, "team-b-"+randomHex(3))}
 	other := newNamespace(t, "team-c-"+randomHex(3))
-	files, err := callout.GenerateInstall(callout.InstallOptions{Namespace: ns})
+	files, err := installer.GenerateInstall(installer.InstallOptions{Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
