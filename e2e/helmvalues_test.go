@@ -770,7 +770,7 @@ var operatorEnv = []string{
 	"NATS_MODE", "NATS_TARGET_SIGNING_KEY_FILE", "NATS_CALLOUT_ACCOUNT_JWT_FILE", "NATS_TARGET_ACCOUNT_JWT_FILE",
 }
 
-// operatorSetup is what README.md's operator-mode steps 1 and 3 make with nsc, made here with
+// operatorSetup is what the operator-mode guide's steps 1 and 3 make with nsc, made here with
 // the JWT library: an operator, the accounts SYS, AUTH (the callout: auth_users, allowed_accounts,
 // xkey) and APP, the sidecar's files (step 4's Secret and ConfigMap) and the sentinel.
 type operatorSetup struct {
@@ -943,7 +943,7 @@ func userOverlay(t *testing.T, s *operatorSetup) map[string]any {
 	return parseYAML(t, "the values file of "+operatorValuesFile+"'s heredoc", []byte(text))
 }
 
-// stepFourObjects returns the keys of the Secret and the ConfigMap README.md's operator-mode
+// stepFourObjects returns the keys of the Secret and the ConfigMap the operator-mode guide's
 // step 4 creates (its kubectl commands' --from-file=KEY=...), by object name.
 func stepFourObjects(t *testing.T, doc guideDoc) map[string][]string {
 	t.Helper()
@@ -965,14 +965,14 @@ func stepFourObjects(t *testing.T, doc guideDoc) map[string][]string {
 		}
 	}
 	if len(objects[guideSecret]) == 0 || len(objects[guideConfigMap]) == 0 {
-		t.Fatalf("README.md operator-mode step 4: no keys for %s and %s in %v", guideSecret, guideConfigMap, objects)
+		t.Fatalf("%s step 4: no keys for %s and %s in %v", guideFile, guideSecret, guideConfigMap, objects)
 	}
 	return objects
 }
 
 // checkOperatorSidecar asserts the operator-mode sidecar: what every mode has, the Secret and
-// the ConfigMap of README.md's step 4 mounted whole as read-only directories, and exactly the
-// settings of step 4's table, NATS_ACCOUNT read from the pod annotation.
+// the ConfigMap of the operator-mode guide's step 4 mounted whole as read-only directories,
+// and exactly the settings of step 4's table, NATS_ACCOUNT read from the pod annotation.
 func checkOperatorSidecar(t *testing.T, sts appsv1.StatefulSet) {
 	t.Helper()
 	sc := checkSidecarCommon(t, sts, slices.Concat(knownEnv, operatorEnv), []string{guideSecret, guideConfigMap})
@@ -1005,7 +1005,7 @@ func checkOperatorSidecar(t *testing.T, sts appsv1.StatefulSet) {
 	env, refs := envOf(sc)
 	for _, k := range requiredSettings {
 		if _, ok := table[k]; !ok {
-			t.Fatalf("README.md step 4's table has no %s", k)
+			t.Fatalf("%s step 4's table has no %s", guideFile, k)
 		}
 	}
 	for k, v := range table {
@@ -1016,7 +1016,7 @@ func checkOperatorSidecar(t *testing.T, sts appsv1.StatefulSet) {
 				t.Errorf("NATS_ACCOUNT comes from %q (value %q), want the annotation: %q", refs[k], env[k], want)
 			}
 		case env[k] != v:
-			t.Errorf("env %s = %q, want %q (README.md operator mode, step 4)", k, env[k], v)
+			t.Errorf("env %s = %q, want %q (%s, step 4)", k, env[k], v, guideFile)
 		case strings.HasPrefix(v, "/"):
 			obj := mountedAt[filepath.Dir(v)]
 			if !slices.Contains(objects[obj], filepath.Base(v)) {

@@ -30,11 +30,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// The operator-mode guide of README.md ("## Operator mode (JWT accounts, nsc)"), run as
-// written: the commands are read from the README itself, so the guide and this test cannot
-// drift apart. Steps 1-5 run as bash scripts with the real nsc, nats-server, nats and kubectl;
-// the service runs with exactly the settings of step 4's table, its Secret and ConfigMap read
-// back from the API server and laid out the way the kubelet mounts them.
+// The operator-mode guide (docs/operator-mode.md), run as written: the commands are read from
+// the guide itself, so the guide and this test cannot drift apart. Steps 1-5 run as bash
+// scripts with the real nsc, nats-server, nats and kubectl; the service runs with exactly the
+// settings of step 4's table, its Secret and ConfigMap read back from the API server and laid
+// out the way the kubelet mounts them.
 func TestOperatorGuide(t *testing.T) {
 	t.Parallel()
 	g := newGuideRun(t)
@@ -71,7 +71,7 @@ func TestOperatorGuide(t *testing.T) {
 	// wantRefused and friends take a deployment: this one is the guide's server and sidecar.
 	d := &deployment{dir: g.base, nats: &natsServer{name: "nats-server", dir: g.dir, port: g.port, p: g.nats}, svc: svc}
 
-	// A workload: the README's example ServiceAccount (see "## Permissions").
+	// A workload: the README's example ServiceAccount (README.md, "## Permissions").
 	ns := newNamespace(t, "shop")
 	newServiceAccount(t, ns, "orders", map[string]string{
 		"nats.io/allowed-pub-subjects": "events.orders.>, audit.shop",
@@ -93,7 +93,7 @@ func TestOperatorGuide(t *testing.T) {
 
 	t.Run("step 6: a pod logs in with only its token", func(t *testing.T) {
 		before := allowed()
-		// The README's command, with this run's server and token file.
+		// The guide's command, with this run's server and token file.
 		cmd := doc.span(t, 6, "nats --server ")
 		cmd = strings.Replace(cmd, fmt.Sprintf("nats://nats.nats:%d", g.port), url, 1)
 		cmd = strings.Replace(cmd, "/var/run/secrets/nats/token", tokenFile, 1)
@@ -324,13 +324,15 @@ func publishVia(t *testing.T, url, tok, subject string) {
 }
 
 const (
-	operatorSection = "## Operator mode (JWT accounts, nsc)"
-	guideSecret     = "nats-callout-keys"     // step 4's Secret
-	guideConfigMap  = "nats-callout-accounts" // step 4's ConfigMap
+	// guideFile is the operator-mode guide, relative to the repository root.
+	guideFile      = "docs/operator-mode.md"
+	guideTitle     = "# Operator mode (JWT accounts, nsc)"
+	guideSecret    = "nats-callout-keys"     // step 4's Secret
+	guideConfigMap = "nats-callout-accounts" // step 4's ConfigMap
 )
 
-// guideDoc is the README's operator-mode section by step: the text under each "### N."
-// heading.
+// guideDoc is the operator-mode guide by step: the text under each "### N." heading, up to the
+// next heading.
 type guideDoc struct {
 	steps map[int]string
 }
@@ -340,38 +342,36 @@ var (
 	codeSpanRE    = regexp.MustCompile("`([^`]+)`")
 )
 
-// readGuide reads the operator-mode section of README.md. The guide's nats-server port 4222
+// readGuide reads the operator-mode guide, guideFile. The guide's nats-server port 4222
 // is replaced by port everywhere in it (plain string substitution), so that the run takes a
 // free port and never collides with anything else on the machine.
 func readGuide(t *testing.T, port int) guideDoc {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "README.md"))
+	raw, err := os.ReadFile(filepath.Join("..", filepath.FromSlash(guideFile)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if first, _, _ := strings.Cut(string(raw), "\n"); first != guideTitle {
+		t.Fatalf("%s: first line %q, want %q", guideFile, first, guideTitle)
+	}
 	text := strings.ReplaceAll(string(raw), "4222", strconv.Itoa(port))
 	steps := map[int]*strings.Builder{}
-	inSection, inFence, step := false, false, 0
+	inFence, step := false, 0
 	for _, line := range strings.Split(text, "\n") {
 		fence := strings.HasPrefix(strings.TrimSpace(line), "```")
-		if !inFence && !fence {
-			switch {
-			case strings.HasPrefix(line, "## "):
-				inSection, step = line == operatorSection, 0
-				continue
-			case inSection && strings.HasPrefix(line, "### "):
-				step = 0
-				if m := stepHeadingRE.FindStringSubmatch(line); m != nil {
-					step, _ = strconv.Atoi(m[1])
-					steps[step] = &strings.Builder{}
-				}
-				continue
+		if !inFence && !fence && strings.HasPrefix(line, "#") {
+			// Any heading ends a step; "### N. ..." starts one.
+			step = 0
+			if m := stepHeadingRE.FindStringSubmatch(line); m != nil {
+				step, _ = strconv.Atoi(m[1])
+				steps[step] = &strings.Builder{}
 			}
+			continue
 		}
 		if fence {
 			inFence = !inFence
 		}
-		if inSection && step > 0 {
+		if step > 0 {
 			steps[step].WriteString(line + "\n")
 		}
 	}
@@ -381,7 +381,7 @@ func readGuide(t *testing.T, port int) guideDoc {
 	}
 	for n := 1; n <= 6; n++ {
 		if doc.steps[n] == "" {
-			t.Fatalf("README.md: no \"### %d.\" step under %q", n, operatorSection)
+			t.Fatalf("%s: no \"### %d.\" step", guideFile, n)
 		}
 	}
 	return doc
@@ -404,7 +404,7 @@ func (d guideDoc) commands(t *testing.T, n int) string {
 		}
 	}
 	if len(blocks) == 0 {
-		t.Fatalf("README.md: operator-mode step %d has no ```sh block", n)
+		t.Fatalf("%s: step %d has no ```sh block", guideFile, n)
 	}
 	return strings.Join(blocks, "\n")
 }
@@ -434,7 +434,7 @@ func (d guideDoc) span(t *testing.T, n int, prefix string) string {
 			return s
 		}
 	}
-	t.Fatalf("README.md: operator-mode step %d has no `%s...` in its text", n, prefix)
+	t.Fatalf("%s: step %d has no `%s...` in its text", guideFile, n, prefix)
 	return ""
 }
 
@@ -466,7 +466,7 @@ func splitAt(t *testing.T, block, marker string) (string, string) {
 			return strings.Join(lines[:i], "\n") + "\n", strings.Join(lines[i:], "\n")
 		}
 	}
-	t.Fatalf("README.md: no line %q in the block:\n%s", marker, block)
+	t.Fatalf("%s: no line %q in the block:\n%s", guideFile, marker, block)
 	return "", ""
 }
 
