@@ -44,6 +44,7 @@ import (
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/atomicfile"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/reload"
 )
@@ -1180,7 +1181,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	}
 	defer jwksLn.Close() // a no-op once the server has closed it
 	issuerURL := "http://" + jwksLn.Addr().String()
-	issuer, err := kube.NewTokenIssuer(issuerURL)
+	issuer, err := kubefake.NewTokenIssuer(issuerURL)
 	if err != nil {
 		return err
 	}
@@ -1212,7 +1213,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		serveArgs = append(serveArgs, "--nats-xkey-file", keys.xkeyFile)
 	}
 	var client metadata.Interface
-	var cluster *kube.MemoryCluster
+	var cluster *kubefake.MemoryCluster
 	if dc.Kubeconfig != "" {
 		rc, namespaces, err := devCluster(dc)
 		if err != nil {
@@ -1224,7 +1225,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		dc.Namespaces = strings.Join(namespaces, ",")
 		serveArgs = append(serveArgs, "--watch-namespaces", dc.Namespaces)
 	} else {
-		if cluster, err = kube.NewMemoryCluster(); err != nil {
+		if cluster, err = kubefake.NewMemoryCluster(); err != nil {
 			return fmt.Errorf("dev: %w", err)
 		}
 		defer cluster.Close()
@@ -1256,7 +1257,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	} else {
 		d.watch = func(w *reload.Watcher) error {
 			apply := func(sas []kube.ServiceAccount) error {
-				res, err := kube.SyncServiceAccounts(ctx, cluster, sas)
+				res, err := kubefake.SyncServiceAccounts(ctx, cluster, sas)
 				if err != nil {
 					return err
 				}
@@ -1440,7 +1441,7 @@ func listenFallback(addr string) (net.Listener, bool, error) {
 
 // issuerHandler serves the token issuer's JWKS where the API server serves it, and an OIDC
 // discovery document pointing at it.
-func issuerHandler(t *kube.TokenIssuer) http.Handler {
+func issuerHandler(t *kubefake.TokenIssuer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/openid/v1/jwks", t.JWKSHandler())
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
@@ -1533,7 +1534,7 @@ func waitReady(ctx context.Context, url string) error {
 // devTokens mints a token for each ServiceAccount into dir/<namespace>/<name>.token, as the
 // kubelet writes projected tokens, and re-mints them at 80% of their lifetime.
 type devTokens struct {
-	issuer   *kube.TokenIssuer
+	issuer   *kubefake.TokenIssuer
 	dir      string
 	audience string
 	ttl      time.Duration
@@ -1815,7 +1816,7 @@ func (sc devScenario) check(ctx context.Context, w io.Writer, issuerURL string, 
 				return sc.checkRefusedToken("not-a-serviceaccount-token")
 			}},
 			step{"refused token: signed by another key", "", func(context.Context) (string, error) {
-				other, err := kube.NewECDSATokenIssuer(issuerURL)
+				other, err := kubefake.NewECDSATokenIssuer(issuerURL)
 				if err != nil {
 					return "", err
 				}

@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -292,7 +294,7 @@ func TestHostileTokens(t *testing.T) {
 		if err := json.Unmarshal([]byte(b64Decode(t, parts[0])), &header); err != nil {
 			t.Fatal(err)
 		}
-		otherIssuer, err := kube.NewTokenIssuer(testIssuer)
+		otherIssuer, err := kubefake.NewTokenIssuer(testIssuer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +317,7 @@ func TestHostileTokens(t *testing.T) {
 		if _, err := e.kube.Update(context.Background(), deleting); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "deletion seen", func() bool {
+		testsupport.WaitFor(t, "deletion seen", 10*time.Second, func() bool {
 			_, err := e.store.Policy(kube.Identity{Namespace: "ns1", Name: "leaving", UID: string(deleting.UID)})
 			return errors.Is(err, kube.ErrServiceAccountDeleting)
 		})
@@ -515,7 +517,7 @@ func TestAnnotationUpdateReachesNextConnection(t *testing.T) {
 	if _, err := e.kube.Update(context.Background(), sa); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "annotation in cache", func() bool {
+	testsupport.WaitFor(t, "annotation in cache", 10*time.Second, func() bool {
 		p, err := e.store.Policy(kube.Identity{Namespace: "ns", Name: "app", UID: string(sa.UID)})
 		return err == nil && fmt.Sprint(p.Permissions.PubAllow) != fmt.Sprint([]string{"ns.>"})
 	})

@@ -1,7 +1,6 @@
 package callout_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -143,10 +144,10 @@ type env struct {
 	url     string
 	server  *server.Server
 	keys    keys
-	issuer  *kube.TokenIssuer
-	kube    *kube.MemoryCluster
+	issuer  *kubefake.TokenIssuer
+	kube    *kubefake.MemoryCluster
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *testsupport.LogBuffer
 	handler *callout.Handler
 	svc     *callout.Service
 	store   *kube.Store
@@ -167,12 +168,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e, _ := newOperatorEnv(t, o, operatorVariant{})
 		return e
 	}
-	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
 	e.server, _ = startServer(t, serverConfig(t, -1, e.keys))
 	e.url = e.server.ClientURL()
 
 	var err error
-	if e.issuer, err = kube.NewTokenIssuer(testIssuer); err != nil {
+	if e.issuer, err = kubefake.NewTokenIssuer(testIssuer); err != nil {
 		t.Fatal(err)
 	}
 	jwks := httptest.NewServer(e.issuer.JWKSHandler())
@@ -231,7 +232,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	waitFor(t, "store synced, JWKS loaded, service subscribed", func() bool {
+	testsupport.WaitFor(t, "store synced, JWKS loaded, service subscribed", 10*time.Second, func() bool {
 		return store.HasSynced() && verifier.KeyCount() > 0 && e.svc.Ready() == nil
 	})
 	return e
@@ -253,7 +254,7 @@ func (e *env) serviceAccount(ns, name string, annotations map[string]string) (st
 		e.t.Fatal(err)
 	}
 	// The informer sees the object shortly after the API does.
-	waitFor(e.t, "ServiceAccount in cache", func() bool {
+	testsupport.WaitFor(e.t, "ServiceAccount in cache", 10*time.Second, func() bool {
 		_, err := e.handlerPolicy(ns, name, string(created.UID))
 		return !errors.Is(err, kube.ErrServiceAccountNotFound)
 	})
@@ -292,41 +293,10 @@ func (e *env) admin() *nats.Conn {
 	return nc
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newMemoryCluster returns an empty in-memory stand-in for the API server's ServiceAccounts.
-func newMemoryCluster(t testing.TB) *kube.MemoryCluster {
+func newMemoryCluster(t testing.TB) *kubefake.MemoryCluster {
 	t.Helper()
-	m, err := kube.NewMemoryCluster()
+	m, err := kubefake.NewMemoryCluster()
 	if err != nil {
 		t.Fatal(err)
 	}

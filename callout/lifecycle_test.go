@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/reload"
 )
 
@@ -164,9 +165,9 @@ func TestCredentialRotationUnderLoad(t *testing.T) {
 
 	// 2. The Secret rotates: the kubelet swaps ..data.
 	swapped := vol.update(string(seed(t, newKey)))
-	waitFor(t, "service on the new nkey", func() bool { return sc.svc.ActiveUser() == pub(t, newKey) })
+	testsupport.WaitFor(t, "service on the new nkey", 10*time.Second, func() bool { return sc.svc.ActiveUser() == pub(t, newKey) })
 	switchover := time.Since(swapped)
-	waitFor(t, "server sees only the new nkey", func() bool {
+	testsupport.WaitFor(t, "server sees only the new nkey", 10*time.Second, func() bool {
 		return slices.Equal(srv.serviceUsers(), []string{pub(t, newKey)})
 	})
 	l.progress(10)
@@ -235,7 +236,7 @@ func TestRotationWaitsForServerToAcceptNewKey(t *testing.T) {
 	// The Secret gets v2 before the server knows it.
 	vol.update(string(seed(t, v2)))
 	stuck := `"msg":"new NATS connection not up yet; the old one keeps serving","user":"` + pub(t, v2)
-	waitFor(t, "the waiting v2 connection reported", func() bool { return strings.Contains(w.logs.String(), stuck) })
+	testsupport.WaitFor(t, "the waiting v2 connection reported", 10*time.Second, func() bool { return strings.Contains(w.logs.String(), stuck) })
 	l.progress(30)
 	if n := strings.Count(w.logs.String(), stuck); n != 1 {
 		t.Errorf("waiting connection reported %d times, want once a minute", n)
@@ -246,14 +247,14 @@ func TestRotationWaitsForServerToAcceptNewKey(t *testing.T) {
 
 	// v3 replaces v2 before v2 was ever accepted.
 	vol.update(string(seed(t, v3)))
-	waitFor(t, "service replacing the pending v2 connection", func() bool {
+	testsupport.WaitFor(t, "service replacing the pending v2 connection", 10*time.Second, func() bool {
 		return strings.Contains(w.logs.String(), `"abandoned_user":"`+pub(t, v2))
 	})
 	l.progress(10)
 
 	// The server accepts v3; the service moves.
 	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{pub(t, v1), pub(t, v3)} })
-	waitFor(t, "server sees only v3", func() bool { return slices.Equal(srv.serviceUsers(), []string{pub(t, v3)}) })
+	testsupport.WaitFor(t, "server sees only v3", 10*time.Second, func() bool { return slices.Equal(srv.serviceUsers(), []string{pub(t, v3)}) })
 	if got := sc.svc.ActiveUser(); got != pub(t, v3) {
 		t.Errorf("active user %s, want v3 %s", got, pub(t, v3))
 	}
@@ -310,7 +311,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 
 	// 1. The Secret gains the new issuer's seed.
 	vol.update(string(seed(t, oldIss)) + "\n" + string(seed(t, newIss)) + "\n")
-	waitFor(t, "pod 1 holding both issuers", func() bool { return holds(keys1, oldIss) && holds(keys1, newIss) })
+	testsupport.WaitFor(t, "pod 1 holding both issuers", 10*time.Second, func() bool { return holds(keys1, oldIss) && holds(keys1, newIss) })
 	l1.progress(10)
 
 	// 2. A pod rolled to the new issuer comes up with its sidecar.
@@ -325,7 +326,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 
 	// 3. The old seed is removed while server 1 still expects it.
 	vol.update(string(seed(t, newIss)))
-	waitFor(t, "both pods holding only the new issuer", func() bool {
+	testsupport.WaitFor(t, "both pods holding only the new issuer", 10*time.Second, func() bool {
 		return !holds(keys1, oldIss) && !holds(keys2, oldIss) && holds(keys1, newIss) && holds(keys2, newIss)
 	})
 	l2.progress(10)
@@ -382,14 +383,14 @@ func TestNATSRestart(t *testing.T) {
 	}
 
 	srv.stop()
-	waitFor(t, "service not ready", func() bool { return sc.svc.Ready() != nil })
+	testsupport.WaitFor(t, "service not ready", 10*time.Second, func() bool { return sc.svc.Ready() != nil })
 	if err := sc.svc.Ready(); !strings.Contains(err.Error(), "not connected to "+srv.url()) {
 		t.Errorf("Ready() = %v, want it to say the service is not connected to %s", err, srv.url())
 	}
 	if got := sc.metric("nats_callout_nats_connected"); got != 0 {
 		t.Errorf("nats_callout_nats_connected = %v while the server is down, want 0", got)
 	}
-	waitFor(t, "disconnect counted", func() bool { return sc.metric("nats_callout_nats_disconnects_total") == 1 })
+	testsupport.WaitFor(t, "disconnect counted", 10*time.Second, func() bool { return sc.metric("nats_callout_nats_disconnects_total") == 1 })
 
 	restarted := time.Now()
 	srv.start()
@@ -418,7 +419,7 @@ func TestServiceStartsBeforeServer(t *testing.T) {
 	conf := natsConf{port: port, issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}}
 	sc := w.startSidecar(sidecarConfig{url: conf.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer)})
 
-	waitFor(t, "a failed connection attempt logged", func() bool {
+	testsupport.WaitFor(t, "a failed connection attempt logged", 10*time.Second, func() bool {
 		return strings.Contains(w.logs.String(), "cannot reach nats-server; retrying")
 	})
 	if err := sc.svc.Ready(); err == nil {
@@ -467,11 +468,11 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 			results <- err
 		}()
 	}
-	waitFor(t, "every worker busy", func() bool { return gate.entered.Load() == workers })
-	waitFor(t, "every request received", func() bool { return conn.Stats().InMsgs == clients })
+	testsupport.WaitFor(t, "every worker busy", 10*time.Second, func() bool { return gate.entered.Load() == workers })
+	testsupport.WaitFor(t, "every request received", 10*time.Second, func() bool { return conn.Stats().InMsgs == clients })
 
 	sc.cancel()
-	waitFor(t, "service reporting shutdown", func() bool {
+	testsupport.WaitFor(t, "service reporting shutdown", 10*time.Second, func() bool {
 		err := sc.svc.Ready()
 		return err != nil && strings.Contains(err.Error(), "shutting down")
 	})
@@ -507,7 +508,7 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 		if sc.svc.ActiveConn() == dead && sc.svc.Ready() == nil {
 			t.Error("Ready() = nil on a closed connection")
 		}
-		waitFor(t, "a new connection", func() bool { return sc.svc.ActiveConn() != dead && sc.svc.Ready() == nil })
+		testsupport.WaitFor(t, "a new connection", 10*time.Second, func() bool { return sc.svc.ActiveConn() != dead && sc.svc.Ready() == nil })
 		if got := sc.metric("nats_callout_nats_reconnects_total"); got != 1 {
 			t.Errorf("nats_callout_nats_reconnects_total = %v, want 1", got)
 		}
@@ -524,7 +525,7 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 		// The server drops the service's connection on reload; its reconnects then go to the
 		// callout itself (the key is no longer a user), which nobody answers, and time out.
 		srv.reload(func(c *natsConf) { c.serviceKeys = []string{pub(t, newUser(t))} })
-		waitFor(t, "service not ready", func() bool { return sc.svc.Ready() != nil })
+		testsupport.WaitFor(t, "service not ready", 10*time.Second, func() bool { return sc.svc.Ready() != nil })
 		if err := sc.svc.Ready(); !strings.Contains(err.Error(), "not connected to "+srv.url()) {
 			t.Errorf("Ready() = %v, want it to say the service is not connected", err)
 		}
@@ -532,9 +533,9 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 			t.Errorf("nats_callout_nats_connected = %v while refused, want 0", got)
 		}
 		report := "NATS connection still down; retrying"
-		waitFor(t, "the outage reported", func() bool { return strings.Contains(w.logs.String(), report) })
+		testsupport.WaitFor(t, "the outage reported", 10*time.Second, func() bool { return strings.Contains(w.logs.String(), report) })
 		attempts := sc.svc.ActiveConn().Stats().Reconnects
-		waitFor(t, "two more connection attempts", func() bool { return sc.svc.ActiveConn().Stats().Reconnects >= attempts+2 })
+		testsupport.WaitFor(t, "two more connection attempts", 10*time.Second, func() bool { return sc.svc.ActiveConn().Stats().Reconnects >= attempts+2 })
 		if n := strings.Count(w.logs.String(), report); n != 1 {
 			t.Errorf("outage reported %d times, want once a minute:\n%s", n, grepLines(w.logs.String(), report))
 		}
@@ -566,12 +567,12 @@ func TestOverloadDropsAtOnce(t *testing.T) {
 		results <- err
 	}
 	go connect()
-	waitFor(t, "the worker busy", func() bool { return gate.entered.Load() == 1 })
+	testsupport.WaitFor(t, "the worker busy", 10*time.Second, func() bool { return gate.entered.Load() == 1 })
 	for range 5 {
 		go connect()
 	}
 	// One in the worker, two queued, three dropped.
-	waitFor(t, "three requests dropped", func() bool {
+	testsupport.WaitFor(t, "three requests dropped", 10*time.Second, func() bool {
 		return sc.metric("nats_callout_requests_total", "result", "dropped", "reason", callout.ReasonOverloaded) == 3
 	})
 	gate.open()
@@ -670,9 +671,9 @@ func TestNoSecretsInLogs(t *testing.T) {
 
 	// Rotation, then an outage and recovery of pod B's server.
 	vol.update(string(seed(t, newKey)))
-	waitFor(t, "pod A on the new nkey", func() bool { return pa.svc.ActiveUser() == pub(t, newKey) })
+	testsupport.WaitFor(t, "pod A on the new nkey", 10*time.Second, func() bool { return pa.svc.ActiveUser() == pub(t, newKey) })
 	b.stop()
-	waitFor(t, "pod B not ready", func() bool { return pb.svc.Ready() != nil })
+	testsupport.WaitFor(t, "pod B not ready", 10*time.Second, func() bool { return pb.svc.Ready() != nil })
 	reports := []string{pb.svc.Ready().Error()}
 	b.start()
 	pb.waitReady()

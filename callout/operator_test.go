@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -213,7 +215,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 	t.Helper()
 	w := newOperatorWorld(t, o.encrypted)
 	w.strict = v.strict
-	e := &env{t: t, keys: keys{service: w.service, issuer: w.auth, xkey: w.xkey}, kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, keys: keys{service: w.service, issuer: w.auth, xkey: w.xkey}, kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
 	e.server, _ = startServer(t, w.serverConfig(!v.noDefaultSentinel))
 	e.url = e.server.ClientURL()
 	e.adminAuth = nats.UserCredentials(w.creds("admin", newKP(t, nkeys.CreateUser), w.app, w.appSK, nil))
@@ -254,7 +256,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 		t.Fatalf("CheckOperatorSetup: %v (misconfigured: %v)", err, v.misconfigured)
 	}
 
-	if e.issuer, err = kube.NewTokenIssuer(testIssuer); err != nil {
+	if e.issuer, err = kubefake.NewTokenIssuer(testIssuer); err != nil {
 		t.Fatal(err)
 	}
 	jwks := httptest.NewServer(e.issuer.JWKSHandler())
@@ -299,7 +301,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 		}
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	waitFor(t, "store synced, JWKS loaded, service subscribed", func() bool {
+	testsupport.WaitFor(t, "store synced, JWKS loaded, service subscribed", 10*time.Second, func() bool {
 		return e.store.HasSynced() && verifier.KeyCount() > 0 && e.svc.Ready() == nil
 	})
 	return e, w

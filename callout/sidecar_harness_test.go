@@ -25,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -250,20 +252,20 @@ func freePort(t testing.TB) int {
 // feeding a real informer) and one token issuer with its JWKS.
 type world struct {
 	t        testing.TB
-	issuer   *kube.TokenIssuer
-	kube     *kube.MemoryCluster
+	issuer   *kubefake.TokenIssuer
+	kube     *kubefake.MemoryCluster
 	store    *kube.Store
 	verifier *kube.Verifier
-	logs     *syncBuffer
+	logs     *testsupport.LogBuffer
 	log      *slog.Logger
 }
 
 // rsaIssuer is shared by the lifecycle tests: generating an RSA key takes seconds under -race.
-var rsaIssuer = sync.OnceValues(func() (*kube.TokenIssuer, error) { return kube.NewTokenIssuer(testIssuer) })
+var rsaIssuer = sync.OnceValues(func() (*kubefake.TokenIssuer, error) { return kubefake.NewTokenIssuer(testIssuer) })
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	w := &world{t: t, kube: newMemoryCluster(t), logs: &syncBuffer{}}
+	w := &world{t: t, kube: newMemoryCluster(t), logs: &testsupport.LogBuffer{}}
 	w.log = slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
 	if w.issuer, err = rsaIssuer(); err != nil {
@@ -288,7 +290,7 @@ func newWorld(t testing.TB) *world {
 		wg.Wait()
 		<-w.verifier.Done()
 	})
-	waitFor(t, "informer synced and JWKS loaded", func() bool { return w.store.HasSynced() && w.verifier.KeyCount() > 0 })
+	testsupport.WaitFor(t, "informer synced and JWKS loaded", 10*time.Second, func() bool { return w.store.HasSynced() && w.verifier.KeyCount() > 0 })
 	return w
 }
 
@@ -306,7 +308,7 @@ func (w *world) token(ns, name string) string {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	waitFor(w.t, "ServiceAccount in cache", func() bool {
+	testsupport.WaitFor(w.t, "ServiceAccount in cache", 10*time.Second, func() bool {
 		_, err := w.store.Policy(kube.Identity{Namespace: ns, Name: name, UID: string(created.UID), Expiry: time.Now().Add(time.Hour)})
 		return err == nil
 	})
@@ -393,7 +395,7 @@ func (sc *sidecar) stop() error {
 
 func (sc *sidecar) waitReady() {
 	sc.t.Helper()
-	waitFor(sc.t, "service ready", func() bool { return sc.svc.Ready() == nil })
+	testsupport.WaitFor(sc.t, "service ready", 10*time.Second, func() bool { return sc.svc.Ready() == nil })
 }
 
 // undecided returns the requests the service did not allow, by result and reason, leaving out
@@ -586,7 +588,7 @@ func (l *load) reload(srv *natsServer, change func(*natsConf)) {
 func (l *load) progress(n int64) {
 	l.t.Helper()
 	target := l.ok.Load() + n
-	waitFor(l.t, fmt.Sprintf("%d more client connects", n), func() bool { return l.ok.Load() >= target })
+	testsupport.WaitFor(l.t, fmt.Sprintf("%d more client connects", n), 10*time.Second, func() bool { return l.ok.Load() >= target })
 }
 
 func (l *load) stop() {

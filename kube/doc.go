@@ -8,6 +8,6 @@
 // nats.io/ annotations into a Policy with ParsePolicy. Every refusal wraps one of the package's
 // sentinel errors; Reason turns it into a metric label.
 //
-// TokenIssuer mints tokens with the API server's claim shape, and MemoryCluster serves
-// ServiceAccounts behind the same list/watch API, for dev mode and tests.
+// The in-memory stand-ins for the API server and its token issuer that dev mode and tests use
+// are in internal/kubefake.
 package kube

@@ -1,4 +1,4 @@
-package kube
+package kube_test
 
 import (
 	"context"
@@ -15,18 +15,22 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
-func serviceAccount(ns, name, uid string, annotations map[string]string) *ServiceAccount {
-	return &ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+func serviceAccount(ns, name, uid string, annotations map[string]string) *kube.ServiceAccount {
+	return &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations,
 	}}
 }
 
 // memoryCluster returns a MemoryCluster holding sas.
-func memoryCluster(t *testing.T, sas ...*ServiceAccount) *MemoryCluster {
+func memoryCluster(t *testing.T, sas ...*kube.ServiceAccount) *kubefake.MemoryCluster {
 	t.Helper()
-	m, err := NewMemoryCluster(sas...)
+	m, err := kubefake.NewMemoryCluster(sas...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,11 +39,11 @@ func memoryCluster(t *testing.T, sas ...*ServiceAccount) *MemoryCluster {
 }
 
 // startStore runs a Store over the cluster until the test ends and waits for its cache to sync.
-func startStore(t *testing.T, cluster *MemoryCluster, cfg StoreConfig) (*Store, *prometheus.Registry) {
+func startStore(t *testing.T, cluster *kubefake.MemoryCluster, cfg kube.StoreConfig) (*kube.Store, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	s, err := NewStore(cluster.Client(), cfg)
+	s, err := kube.NewStore(cluster.Client(), cfg)
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}
@@ -57,8 +61,8 @@ func startStore(t *testing.T, cluster *MemoryCluster, cfg StoreConfig) (*Store, 
 			t.Error("Run did not return after cancel")
 		}
 	})
-	waitFor(t, "informer sync", 10*time.Second, s.HasSynced)
-	waitFor(t, "synced gauge", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "informer sync", 10*time.Second, s.HasSynced)
+	testsupport.WaitFor(t, "synced gauge", 10*time.Second, func() bool {
 		return metricValue(t, reg, "nats_callout_informer_synced") == 1
 	})
 	return s, reg
@@ -69,29 +73,29 @@ func TestStorePolicy(t *testing.T) {
 	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	deleting.Finalizers = []string{"example.com/hold"}
 	client := memoryCluster(t,
-		serviceAccount("team-a", "app", "uid-app", map[string]string{AnnotationAllowedPub: "orders.>"}),
-		serviceAccount("team-a", "broken", "uid-broken", map[string]string{AnnotationDeniedSub: "a..b"}),
+		serviceAccount("team-a", "app", "uid-app", map[string]string{kube.AnnotationAllowedPub: "orders.>"}),
+		serviceAccount("team-a", "broken", "uid-broken", map[string]string{kube.AnnotationDeniedSub: "a..b"}),
 		deleting,
 		serviceAccount("team-b", "app", "uid-b-app", nil),
 	)
-	s, _ := startStore(t, client, StoreConfig{})
+	s, _ := startStore(t, client, kube.StoreConfig{})
 
 	tests := []struct {
 		name     string
-		id       Identity
+		id       kube.Identity
 		wantErr  error
 		wantPubs []string
 	}{
-		{"found", Identity{Namespace: "team-a", Name: "app", UID: "uid-app"}, nil, []string{"team-a.>", "orders.>"}},
-		{"same name in another namespace", Identity{Namespace: "team-b", Name: "app", UID: "uid-b-app"}, nil, []string{"team-b.>"}},
-		{"missing", Identity{Namespace: "team-a", Name: "ghost", UID: "uid-ghost"}, ErrServiceAccountNotFound, nil},
-		{"missing namespace", Identity{Namespace: "team-z", Name: "app", UID: "uid-app"}, ErrServiceAccountNotFound, nil},
-		{"being deleted", Identity{Namespace: "team-a", Name: "leaving", UID: "uid-leaving"}, ErrServiceAccountDeleting, nil},
-		{"uid mismatch", Identity{Namespace: "team-a", Name: "app", UID: "uid-old"}, ErrUIDMismatch, nil},
-		{"uid empty", Identity{Namespace: "team-a", Name: "app"}, ErrUIDMismatch, nil},
-		{"another namespace's uid", Identity{Namespace: "team-a", Name: "app", UID: "uid-b-app"}, ErrUIDMismatch, nil},
-		{"invalid deny annotation", Identity{Namespace: "team-a", Name: "broken", UID: "uid-broken"}, ErrInvalidPolicy, nil},
-		{"empty identity", Identity{}, ErrServiceAccountNotFound, nil},
+		{"found", kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-app"}, nil, []string{"team-a.>", "orders.>"}},
+		{"same name in another namespace", kube.Identity{Namespace: "team-b", Name: "app", UID: "uid-b-app"}, nil, []string{"team-b.>"}},
+		{"missing", kube.Identity{Namespace: "team-a", Name: "ghost", UID: "uid-ghost"}, kube.ErrServiceAccountNotFound, nil},
+		{"missing namespace", kube.Identity{Namespace: "team-z", Name: "app", UID: "uid-app"}, kube.ErrServiceAccountNotFound, nil},
+		{"being deleted", kube.Identity{Namespace: "team-a", Name: "leaving", UID: "uid-leaving"}, kube.ErrServiceAccountDeleting, nil},
+		{"uid mismatch", kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-old"}, kube.ErrUIDMismatch, nil},
+		{"uid empty", kube.Identity{Namespace: "team-a", Name: "app"}, kube.ErrUIDMismatch, nil},
+		{"another namespace's uid", kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-b-app"}, kube.ErrUIDMismatch, nil},
+		{"invalid deny annotation", kube.Identity{Namespace: "team-a", Name: "broken", UID: "uid-broken"}, kube.ErrInvalidPolicy, nil},
+		{"empty identity", kube.Identity{}, kube.ErrServiceAccountNotFound, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,15 +113,15 @@ func TestStorePolicy(t *testing.T) {
 func TestStoreFollowsChanges(t *testing.T) {
 	ctx := context.Background()
 	client := memoryCluster(t, serviceAccount("team-a", "app", "uid-1", nil))
-	s, reg := startStore(t, client, StoreConfig{})
-	id := Identity{Namespace: "team-a", Name: "app", UID: "uid-1"}
-	policyHas := func(id Identity, subject string) func() bool {
+	s, reg := startStore(t, client, kube.StoreConfig{})
+	id := kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-1"}
+	policyHas := func(id kube.Identity, subject string) func() bool {
 		return func() bool {
 			p, err := s.Policy(id)
 			return err == nil && slices.Contains(p.Permissions.SubAllow, subject)
 		}
 	}
-	policyErr := func(id Identity, want error) func() bool {
+	policyErr := func(id kube.Identity, want error) func() bool {
 		return func() bool {
 			_, err := s.Policy(id)
 			return errors.Is(err, want)
@@ -133,11 +137,11 @@ func TestStoreFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	sa = sa.DeepCopy()
-	sa.Annotations = map[string]string{AnnotationAllowedSub: "events.>"}
+	sa.Annotations = map[string]string{kube.AnnotationAllowedSub: "events.>"}
 	if _, err := client.Update(ctx, sa); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "annotation update", 10*time.Second, policyHas(id, "events.>"))
+	testsupport.WaitFor(t, "annotation update", 10*time.Second, policyHas(id, "events.>"))
 
 	// Deletion starts: refused while the finalizer holds it.
 	sa = sa.DeepCopy()
@@ -146,13 +150,13 @@ func TestStoreFollowsChanges(t *testing.T) {
 	if _, err := client.Update(ctx, sa); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "deletion timestamp", 10*time.Second, policyErr(id, ErrServiceAccountDeleting))
+	testsupport.WaitFor(t, "deletion timestamp", 10*time.Second, policyErr(id, kube.ErrServiceAccountDeleting))
 
 	// Deleted: not found, and the gauge follows.
 	if err := client.Delete(ctx, "team-a", "app"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "deletion", 10*time.Second, policyErr(id, ErrServiceAccountNotFound))
+	testsupport.WaitFor(t, "deletion", 10*time.Second, policyErr(id, kube.ErrServiceAccountNotFound))
 	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 0 {
 		t.Errorf("nats_callout_serviceaccounts after delete = %v, want 0", got)
 	}
@@ -161,8 +165,8 @@ func TestStoreFollowsChanges(t *testing.T) {
 	if _, err := client.Create(ctx, serviceAccount("team-a", "app", "uid-2", nil)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "recreation", 10*time.Second, policyErr(id, ErrUIDMismatch))
-	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-2"}); err != nil {
+	testsupport.WaitFor(t, "recreation", 10*time.Second, policyErr(id, kube.ErrUIDMismatch))
+	if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-2"}); err != nil {
 		t.Errorf("Policy for the recreated ServiceAccount: %v", err)
 	}
 	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 1 {
@@ -177,17 +181,17 @@ func TestStoreNamespaceLimited(t *testing.T) {
 		serviceAccount("team-b", "app", "uid-b", nil),
 		serviceAccount("team-c", "app", "uid-c", nil),
 	)
-	s, reg := startStore(t, client, StoreConfig{Namespaces: []string{"team-c", "team-a", "team-a"}})
+	s, reg := startStore(t, client, kube.StoreConfig{Namespaces: []string{"team-c", "team-a", "team-a"}})
 
-	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
+	if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
 		t.Errorf("Policy in a watched namespace: %v", err)
 	}
-	if _, err := s.Policy(Identity{Namespace: "team-c", Name: "app", UID: "uid-c"}); err != nil {
+	if _, err := s.Policy(kube.Identity{Namespace: "team-c", Name: "app", UID: "uid-c"}); err != nil {
 		t.Errorf("Policy in a watched namespace: %v", err)
 	}
-	_, err := s.Policy(Identity{Namespace: "team-b", Name: "app", UID: "uid-b"})
-	if !errors.Is(err, ErrServiceAccountNotFound) || !strings.Contains(err.Error(), "not watched") {
-		t.Errorf("Policy in an unwatched namespace: %v, want %v (not watched)", err, ErrServiceAccountNotFound)
+	_, err := s.Policy(kube.Identity{Namespace: "team-b", Name: "app", UID: "uid-b"})
+	if !errors.Is(err, kube.ErrServiceAccountNotFound) || !strings.Contains(err.Error(), "not watched") {
+		t.Errorf("Policy in an unwatched namespace: %v, want %v (not watched)", err, kube.ErrServiceAccountNotFound)
 	}
 
 	// Changes elsewhere are not even seen; changes in a watched namespace are.
@@ -197,8 +201,8 @@ func TestStoreNamespaceLimited(t *testing.T) {
 	if _, err := client.Create(ctx, serviceAccount("team-a", "new", "uid-an", nil)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "new ServiceAccount in team-a", 10*time.Second, func() bool {
-		_, err := s.Policy(Identity{Namespace: "team-a", Name: "new", UID: "uid-an"})
+	testsupport.WaitFor(t, "new ServiceAccount in team-a", 10*time.Second, func() bool {
+		_, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "new", UID: "uid-an"})
 		return err == nil
 	})
 	if got := metricValue(t, reg, "nats_callout_serviceaccounts"); got != 3 {
@@ -208,25 +212,25 @@ func TestStoreNamespaceLimited(t *testing.T) {
 
 func TestStoreNotSyncedAndLifecycle(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s, err := NewStore(memoryCluster(t, serviceAccount("team-a", "app", "uid-a", nil)).Client(), StoreConfig{Registerer: reg})
+	s, err := kube.NewStore(memoryCluster(t, serviceAccount("team-a", "app", "uid-a", nil)).Client(), kube.StoreConfig{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.HasSynced() {
 		t.Error("HasSynced before Run")
 	}
-	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); !errors.Is(err, ErrNotSynced) || Reason(err) != "" {
-		t.Errorf("Policy before sync: %v (reason %q), want %v with no reason", err, Reason(err), ErrNotSynced)
+	if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); !errors.Is(err, kube.ErrNotSynced) || kube.Reason(err) != "" {
+		t.Errorf("Policy before sync: %v (reason %q), want %v with no reason", err, kube.Reason(err), kube.ErrNotSynced)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, "informer sync", 10*time.Second, s.HasSynced)
+	testsupport.WaitFor(t, "informer sync", 10*time.Second, s.HasSynced)
 	if err := s.Run(ctx); err == nil {
 		t.Error("second Run succeeded, want an error")
 	}
-	if _, err := s.Policy(Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
+	if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-a"}); err != nil {
 		t.Errorf("Policy after sync: %v", err)
 	}
 	cancel()
@@ -248,18 +252,18 @@ func TestNewStoreConfig(t *testing.T) {
 	tests := []struct {
 		name    string
 		client  metadata.Interface
-		cfg     StoreConfig
+		cfg     kube.StoreConfig
 		wantErr string
 	}{
-		{"no client", nil, StoreConfig{}, "client is required"},
-		{"bad namespace", client, StoreConfig{Namespaces: []string{"Team_A"}}, `namespace "Team_A"`},
-		{"empty namespace", client, StoreConfig{Namespaces: []string{""}}, `namespace ""`},
-		{"bad template", client, StoreConfig{Defaults: PolicyDefaults{Pub: []string{"{namespace}..x"}}}, "default publish subject"},
-		{"negative resync", client, StoreConfig{ResyncPeriod: -time.Second}, "negative resync"},
+		{"no client", nil, kube.StoreConfig{}, "client is required"},
+		{"bad namespace", client, kube.StoreConfig{Namespaces: []string{"Team_A"}}, `namespace "Team_A"`},
+		{"empty namespace", client, kube.StoreConfig{Namespaces: []string{""}}, `namespace ""`},
+		{"bad template", client, kube.StoreConfig{Defaults: kube.PolicyDefaults{Pub: []string{"{namespace}..x"}}}, "default publish subject"},
+		{"negative resync", client, kube.StoreConfig{ResyncPeriod: -time.Second}, "negative resync"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := NewStore(tt.client, tt.cfg); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			if _, err := kube.NewStore(tt.client, tt.cfg); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("NewStore error = %v, want one containing %q", err, tt.wantErr)
 			}
 		})
@@ -270,23 +274,23 @@ func TestNewStoreConfig(t *testing.T) {
 // annotations as in the README's example) and the time of one lookup with its policy parse.
 func BenchmarkStore(b *testing.B) {
 	const n = 10000
-	sas := make([]*ServiceAccount, n)
+	sas := make([]*kube.ServiceAccount, n)
 	for i := range sas {
 		sas[i] = serviceAccount(fmt.Sprintf("team-%d", i%100), fmt.Sprintf("app-%d", i), fmt.Sprintf("uid-%d", i), map[string]string{
-			AnnotationAllowedPub: "events.orders.>, audit.shop",
-			AnnotationAllowedSub: "commands.orders.*",
-			AnnotationDeniedPub:  "shop.internal.>",
+			kube.AnnotationAllowedPub: "events.orders.>, audit.shop",
+			kube.AnnotationAllowedSub: "commands.orders.*",
+			kube.AnnotationDeniedPub:  "shop.internal.>",
 		})
 		sas[i].Labels = map[string]string{"app.kubernetes.io/name": "orders"}
 	}
-	m, err := NewMemoryCluster(sas...)
+	m, err := kubefake.NewMemoryCluster(sas...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	s, err := NewStore(m.Client(), StoreConfig{})
+	s, err := kube.NewStore(m.Client(), kube.StoreConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -302,9 +306,9 @@ func BenchmarkStore(b *testing.B) {
 	runtime.ReadMemStats(&after)
 	perSA := float64(after.HeapAlloc-before.HeapAlloc) / n
 
-	ids := make([]Identity, n)
+	ids := make([]kube.Identity, n)
 	for i := range ids {
-		ids[i] = Identity{Namespace: sas[i].Namespace, Name: sas[i].Name, UID: string(sas[i].UID)}
+		ids[i] = kube.Identity{Namespace: sas[i].Namespace, Name: sas[i].Name, UID: string(sas[i].UID)}
 	}
 	i := 0
 	for b.Loop() {

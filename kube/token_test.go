@@ -1,4 +1,4 @@
-package kube
+package kube_test
 
 import (
 	"bytes"
@@ -21,6 +21,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/kubefake"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 const (
@@ -33,13 +37,13 @@ const (
 type jwksServer struct {
 	*httptest.Server
 	mu      sync.Mutex
-	issuers []*TokenIssuer
+	issuers []*kubefake.TokenIssuer
 	status  int    // non-zero: answer with this status instead
 	body    []byte // non-nil: answer with this body instead
 	hits    atomic.Int64
 }
 
-func newJWKSServer(t testing.TB, issuers ...*TokenIssuer) *jwksServer {
+func newJWKSServer(t testing.TB, issuers ...*kubefake.TokenIssuer) *jwksServer {
 	t.Helper()
 	s := &jwksServer{issuers: issuers}
 	s.Server = httptest.NewServer(s)
@@ -76,7 +80,7 @@ func (s *jwksServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_ = json.NewEncoder(w).Encode(set)
 }
 
-func (s *jwksServer) serve(issuers ...*TokenIssuer) {
+func (s *jwksServer) serve(issuers ...*kubefake.TokenIssuer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.issuers, s.status, s.body = issuers, 0, nil
@@ -91,20 +95,20 @@ func (s *jwksServer) fail(status int, body []byte) {
 // Test keys are generated once: RSA generation dominates test time otherwise.
 var (
 	issuersOnce sync.Once
-	issuers     [4]*TokenIssuer // [0..2] RSA, [3] ECDSA
+	issuers     [4]*kubefake.TokenIssuer // [0..2] RSA, [3] ECDSA
 )
 
-func testIssuers(t testing.TB) [4]*TokenIssuer {
+func testIssuers(t testing.TB) [4]*kubefake.TokenIssuer {
 	t.Helper()
 	issuersOnce.Do(func() {
 		for i := range 3 {
-			iss, err := NewTokenIssuer(testIssuer)
+			iss, err := kubefake.NewTokenIssuer(testIssuer)
 			if err != nil {
 				panic(err)
 			}
 			issuers[i] = iss
 		}
-		iss, err := NewECDSATokenIssuer(testIssuer)
+		iss, err := kubefake.NewECDSATokenIssuer(testIssuer)
 		if err != nil {
 			panic(err)
 		}
@@ -113,13 +117,13 @@ func testIssuers(t testing.TB) [4]*TokenIssuer {
 	return issuers
 }
 
-type verifierOpt func(*VerifierConfig)
+type verifierOpt func(*kube.VerifierConfig)
 
 // newTestVerifier starts a Verifier against url and stops it at cleanup.
-func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*Verifier, *prometheus.Registry) {
+func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*kube.Verifier, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg := VerifierConfig{
+	cfg := kube.VerifierConfig{
 		JWKSURL:    url,
 		Issuer:     testIssuer,
 		Audience:   testAudience,
@@ -129,7 +133,7 @@ func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*Verifier, 
 		o(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	v, err := NewVerifier(ctx, cfg)
+	v, err := kube.NewVerifier(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatalf("NewVerifier: %v", err)
@@ -145,23 +149,9 @@ func newTestVerifier(t testing.TB, url string, opts ...verifierOpt) (*Verifier, 
 	return v, reg
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+func waitKeys(t testing.TB, v *kube.Verifier, n int) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
-
-func waitKeys(t testing.TB, v *Verifier, n int) {
-	t.Helper()
-	waitFor(t, "JWKS keys", 10*time.Second, func() bool { return v.KeyCount() == n })
+	testsupport.WaitFor(t, "JWKS keys", 10*time.Second, func() bool { return v.KeyCount() == n })
 }
 
 // metricValue returns the value of an unlabelled gauge or counter in reg.
@@ -187,7 +177,7 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-func mustToken(t testing.TB, iss *TokenIssuer, ns, name, uid string) string {
+func mustToken(t testing.TB, iss *kubefake.TokenIssuer, ns, name, uid string) string {
 	t.Helper()
 	tok, err := iss.ServiceAccountToken(ns, name, uid, []string{"https://kubernetes.default.svc", testAudience}, time.Hour)
 	if err != nil {
@@ -196,7 +186,7 @@ func mustToken(t testing.TB, iss *TokenIssuer, ns, name, uid string) string {
 	return tok
 }
 
-func mustSign(t testing.TB, iss *TokenIssuer, c jwt.Claims) string {
+func mustSign(t testing.TB, iss *kubefake.TokenIssuer, c jwt.Claims) string {
 	t.Helper()
 	tok, err := iss.Sign(c)
 	if err != nil {
@@ -212,11 +202,11 @@ func TestVerifyAccepts(t *testing.T) {
 	waitKeys(t, v, 2)
 
 	podBound := is[0].Claims("team-a", "builder.v2", testUID, []string{testAudience}, time.Hour)
-	podBound.Kubernetes.Pod = &ObjectRef{Name: "builder-7d9f", UID: "pod-uid-1"}
-	podBound.Kubernetes.Node = &ObjectRef{Name: "node-1", UID: "node-uid-1"}
+	podBound.Kubernetes.Pod = &kube.ObjectRef{Name: "builder-7d9f", UID: "pod-uid-1"}
+	podBound.Kubernetes.Node = &kube.ObjectRef{Name: "node-1", UID: "node-uid-1"}
 
 	noKid := jwt.NewWithClaims(jwt.SigningMethodRS256, is[0].Claims("team-a", "app", testUID, []string{testAudience}, time.Hour))
-	noKidToken, err := noKid.SignedString(is[0].key)
+	noKidToken, err := noKid.SignedString(is[0].Key())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,14 +214,14 @@ func TestVerifyAccepts(t *testing.T) {
 	tests := []struct {
 		name  string
 		token string
-		want  Identity
+		want  kube.Identity
 	}{
-		{"RS256", mustToken(t, is[0], "team-a", "app", testUID), Identity{Namespace: "team-a", Name: "app", UID: testUID}},
-		{"ES256", mustToken(t, is[3], "team-b", "worker", testUID), Identity{Namespace: "team-b", Name: "worker", UID: testUID}},
-		{"pod bound", mustSign(t, is[0], podBound), Identity{Namespace: "team-a", Name: "builder.v2", UID: testUID, PodName: "builder-7d9f", PodUID: "pod-uid-1"}},
-		{"surrounding whitespace", " \n" + mustToken(t, is[0], "team-a", "app", testUID) + "\n", Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+		{"RS256", mustToken(t, is[0], "team-a", "app", testUID), kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+		{"ES256", mustToken(t, is[3], "team-b", "worker", testUID), kube.Identity{Namespace: "team-b", Name: "worker", UID: testUID}},
+		{"pod bound", mustSign(t, is[0], podBound), kube.Identity{Namespace: "team-a", Name: "builder.v2", UID: testUID, PodName: "builder-7d9f", PodUID: "pod-uid-1"}},
+		{"surrounding whitespace", " \n" + mustToken(t, is[0], "team-a", "app", testUID) + "\n", kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},
 		// keyfunc tries every published key when the header names none.
-		{"no kid", noKidToken, Identity{Namespace: "team-a", Name: "app", UID: testUID}},
+		{"no kid", noKidToken, kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,7 +238,7 @@ func TestVerifyAccepts(t *testing.T) {
 			}
 		})
 	}
-	if got, want := (Identity{Namespace: "ns", Name: "sa"}).Username(), "system:serviceaccount:ns:sa"; got != want {
+	if got, want := (kube.Identity{Namespace: "ns", Name: "sa"}).Username(), "system:serviceaccount:ns:sa"; got != want {
 		t.Errorf("Username = %q, want %q", got, want)
 	}
 }
@@ -258,23 +248,23 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 	good, stranger := is[0], is[1]
 	srv := newJWKSServer(t, good)
 	// A long unknown-kid interval: only the first unknown kid may trigger a fetch.
-	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
 	waitKeys(t, v, 1)
 
-	claims := func(mod func(c *ServiceAccountClaims)) *ServiceAccountClaims {
+	claims := func(mod func(c *kube.ServiceAccountClaims)) *kube.ServiceAccountClaims {
 		c := good.Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
 		mod(c)
 		return c
 	}
 	now := time.Now()
 
-	pubDER, err := x509.MarshalPKIXPublicKey(good.key.Public())
+	pubDER, err := x509.MarshalPKIXPublicKey(good.Key().Public())
 	if err != nil {
 		t.Fatal(err)
 	}
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
 	hs256 := func(secret []byte) string {
-		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(*ServiceAccountClaims) {}))
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(*kube.ServiceAccountClaims) {}))
 		tok.Header["kid"] = good.KeyID()
 		s, err := tok.SignedString(secret)
 		if err != nil {
@@ -282,7 +272,7 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 		}
 		return s
 	}
-	none := jwt.NewWithClaims(jwt.SigningMethodNone, claims(func(*ServiceAccountClaims) {}))
+	none := jwt.NewWithClaims(jwt.SigningMethodNone, claims(func(*kube.ServiceAccountClaims) {}))
 	none.Header["kid"] = good.KeyID()
 	noneToken, err := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
 	if err != nil {
@@ -292,7 +282,7 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 	// Tampered: a valid token whose payload is swapped for one naming another namespace.
 	valid := mustToken(t, good, "team-a", "app", testUID)
 	parts := strings.Split(valid, ".")
-	forged, err := json.Marshal(claims(func(c *ServiceAccountClaims) {
+	forged, err := json.Marshal(claims(func(c *kube.ServiceAccountClaims) {
 		c.Subject = "system:serviceaccount:kube-system:admin"
 		c.Kubernetes.Namespace, c.Kubernetes.ServiceAccount.Name = "kube-system", "admin"
 	}))
@@ -302,9 +292,9 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 	tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forged) + "." + parts[2]
 
 	// Wrong kid: signed by the published key but naming the stranger's kid.
-	wrongKid := jwt.NewWithClaims(jwt.SigningMethodRS256, claims(func(*ServiceAccountClaims) {}))
+	wrongKid := jwt.NewWithClaims(jwt.SigningMethodRS256, claims(func(*kube.ServiceAccountClaims) {}))
 	wrongKid.Header["kid"] = stranger.KeyID()
-	wrongKidToken, err := wrongKid.SignedString(good.key)
+	wrongKidToken, err := wrongKid.SignedString(good.Key())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,57 +304,57 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 		token string
 		want  error
 	}{
-		{"missing", "", ErrNoToken},
-		{"blank", " \t\n", ErrNoToken},
-		{"garbage", "not a token", ErrMalformedToken},
-		{"bad base64", "a.b.c", ErrMalformedToken},
-		{"huge", strings.Repeat("a", maxTokenBytes+1), ErrMalformedToken},
-		{"expired", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		{"missing", "", kube.ErrNoToken},
+		{"blank", " \t\n", kube.ErrNoToken},
+		{"garbage", "not a token", kube.ErrMalformedToken},
+		{"bad base64", "a.b.c", kube.ErrMalformedToken},
+		{"huge", strings.Repeat("a", kube.MaxTokenBytes+1), kube.ErrMalformedToken},
+		{"expired", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.IssuedAt, c.NotBefore = jwt.NewNumericDate(now.Add(-2*time.Hour)), jwt.NewNumericDate(now.Add(-2*time.Hour))
 			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
-		})), ErrExpired},
-		{"not yet valid", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrExpired},
+		{"not yet valid", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.NotBefore = jwt.NewNumericDate(now.Add(time.Hour))
-		})), ErrNotYetValid},
-		{"issued in the future", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrNotYetValid},
+		{"issued in the future", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.IssuedAt = jwt.NewNumericDate(now.Add(time.Hour))
-		})), ErrNotYetValid},
-		{"wrong issuer", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Issuer = "https://evil.example" })), ErrWrongIssuer},
-		{"no issuer", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Issuer = "" })), ErrWrongIssuer},
-		{"wrong issuer and expired", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrNotYetValid},
+		{"wrong issuer", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Issuer = "https://evil.example" })), kube.ErrWrongIssuer},
+		{"no issuer", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Issuer = "" })), kube.ErrWrongIssuer},
+		{"wrong issuer and expired", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Issuer = "https://evil.example"
 			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
-		})), ErrWrongIssuer},
-		{"wrong audience", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrWrongIssuer},
+		{"wrong audience", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Audience = jwt.ClaimStrings{"https://kubernetes.default.svc"}
-		})), ErrWrongAudience},
-		{"no audience", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Audience = nil })), ErrWrongAudience},
-		{"alg none", noneToken, ErrBadSignature},
-		{"HS256 keyed with public key PEM", hs256(pubPEM), ErrBadSignature},
-		{"HS256 keyed with public key DER", hs256(pubDER), ErrBadSignature},
-		{"tampered payload", tampered, ErrBadSignature},
-		{"signature stripped", parts[0] + "." + parts[1] + ".", ErrBadSignature},
-		{"kid of another key", wrongKidToken, ErrBadSignature},
-		{"unknown kid", mustToken(t, stranger, "team-a", "app", testUID), ErrBadSignature},
-		{"missing kubernetes.io", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes = nil })), ErrBadClaims},
-		{"missing serviceaccount", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes.ServiceAccount = nil })), ErrBadClaims},
-		{"missing uid", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Kubernetes.ServiceAccount.UID = "" })), ErrBadClaims},
-		{"missing namespace", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrWrongAudience},
+		{"no audience", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Audience = nil })), kube.ErrWrongAudience},
+		{"alg none", noneToken, kube.ErrBadSignature},
+		{"HS256 keyed with public key PEM", hs256(pubPEM), kube.ErrBadSignature},
+		{"HS256 keyed with public key DER", hs256(pubDER), kube.ErrBadSignature},
+		{"tampered payload", tampered, kube.ErrBadSignature},
+		{"signature stripped", parts[0] + "." + parts[1] + ".", kube.ErrBadSignature},
+		{"kid of another key", wrongKidToken, kube.ErrBadSignature},
+		{"unknown kid", mustToken(t, stranger, "team-a", "app", testUID), kube.ErrBadSignature},
+		{"missing kubernetes.io", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes = nil })), kube.ErrBadClaims},
+		{"missing serviceaccount", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes.ServiceAccount = nil })), kube.ErrBadClaims},
+		{"missing uid", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes.ServiceAccount.UID = "" })), kube.ErrBadClaims},
+		{"missing namespace", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Kubernetes.Namespace = ""
 			c.Subject = "system:serviceaccount::app"
-		})), ErrBadClaims},
-		{"namespace with wildcard", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrBadClaims},
+		{"namespace with wildcard", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Kubernetes.Namespace = "*"
 			c.Subject = "system:serviceaccount:*:app"
-		})), ErrBadClaims},
-		{"sub names another serviceaccount", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrBadClaims},
+		{"sub names another serviceaccount", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Subject = "system:serviceaccount:team-a:admin"
-		})), ErrBadClaims},
-		{"sub names another namespace", mustSign(t, good, claims(func(c *ServiceAccountClaims) {
+		})), kube.ErrBadClaims},
+		{"sub names another namespace", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) {
 			c.Subject = "system:serviceaccount:kube-system:app"
-		})), ErrBadClaims},
-		{"no sub", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.Subject = "" })), ErrBadClaims},
-		{"no exp", mustSign(t, good, claims(func(c *ServiceAccountClaims) { c.ExpiresAt = nil })), ErrBadClaims},
+		})), kube.ErrBadClaims},
+		{"no sub", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Subject = "" })), kube.ErrBadClaims},
+		{"no exp", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.ExpiresAt = nil })), kube.ErrBadClaims},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -372,10 +362,10 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Verify error = %v, want %v", err, tt.want)
 			}
-			if id != (Identity{}) {
+			if id != (kube.Identity{}) {
 				t.Errorf("Verify returned identity %+v with an error", id)
 			}
-			if Reason(err) == "" {
+			if kube.Reason(err) == "" {
 				t.Errorf("Reason(%v) is empty", err)
 			}
 			if tt.token != "" && len(tt.token) > 20 && strings.Contains(err.Error(), tt.token) {
@@ -388,7 +378,7 @@ func TestVerifyRejectsHostileTokens(t *testing.T) {
 func TestVerifyUnknownKidRefresh(t *testing.T) {
 	is := testIssuers(t)
 	srv := newJWKSServer(t, is[0])
-	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
 	waitKeys(t, v, 1)
 	ctx := context.Background()
 
@@ -413,8 +403,8 @@ func TestVerifyUnknownKidRefresh(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
-			if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrBadSignature) {
-				t.Errorf("Verify with rate-limited unknown kid: %v, want %v", err, ErrBadSignature)
+			if _, err := v.Verify(ctx, tok); !errors.Is(err, kube.ErrBadSignature) {
+				t.Errorf("Verify with rate-limited unknown kid: %v, want %v", err, kube.ErrBadSignature)
 			}
 		})
 	}
@@ -427,14 +417,14 @@ func TestVerifyUnknownKidRefresh(t *testing.T) {
 func TestVerifyUnknownKidRefreshRecovers(t *testing.T) {
 	is := testIssuers(t)
 	srv := newJWKSServer(t, is[0])
-	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = 50 * time.Millisecond })
+	v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = 50 * time.Millisecond })
 	waitKeys(t, v, 1)
 	tok := mustToken(t, is[1], "ns", "sa", testUID)
-	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrBadSignature) {
-		t.Fatalf("Verify before rotation: %v, want %v", err, ErrBadSignature)
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, kube.ErrBadSignature) {
+		t.Fatalf("Verify before rotation: %v, want %v", err, kube.ErrBadSignature)
 	}
 	srv.serve(is[0], is[1])
-	waitFor(t, "rotated key to verify", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "rotated key to verify", 10*time.Second, func() bool {
 		_, err := v.Verify(context.Background(), tok)
 		return err == nil
 	})
@@ -479,14 +469,14 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 			url, heal := tt.start(t)
 			v, reg := newTestVerifier(t, url)
 			tok := mustToken(t, is[0], "ns", "sa", testUID)
-			waitFor(t, "a failed refresh", 10*time.Second, func() bool {
+			testsupport.WaitFor(t, "a failed refresh", 10*time.Second, func() bool {
 				return metricValue(t, reg, "nats_callout_jwks_refresh_errors_total") > 0
 			})
 			if got := v.KeyCount(); got != 0 {
 				t.Fatalf("KeyCount = %d before the JWKS is reachable, want 0", got)
 			}
-			if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrBadSignature) {
-				t.Fatalf("Verify without keys: %v, want %v", err, ErrBadSignature)
+			if _, err := v.Verify(context.Background(), tok); !errors.Is(err, kube.ErrBadSignature) {
+				t.Fatalf("Verify without keys: %v, want %v", err, kube.ErrBadSignature)
 			}
 			heal()
 			waitKeys(t, v, 1)
@@ -503,7 +493,7 @@ func TestVerifierJWKSUnreachableAtStart(t *testing.T) {
 func TestVerifierBackgroundRefresh(t *testing.T) {
 	is := testIssuers(t)
 	srv := newJWKSServer(t, is[0], is[1])
-	v, reg := newTestVerifier(t, srv.URL, func(c *VerifierConfig) { c.RefreshInterval = 20 * time.Millisecond })
+	v, reg := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.RefreshInterval = 20 * time.Millisecond })
 	waitKeys(t, v, 2)
 	revoked := mustToken(t, is[1], "ns", "sa", testUID)
 	if _, err := v.Verify(context.Background(), revoked); err != nil {
@@ -513,7 +503,7 @@ func TestVerifierBackgroundRefresh(t *testing.T) {
 	// A broken answer keeps the keys we have and is counted.
 	errs := metricValue(t, reg, "nats_callout_jwks_refresh_errors_total")
 	srv.fail(0, []byte("<html>oops</html>"))
-	waitFor(t, "refresh errors to be counted", 10*time.Second, func() bool {
+	testsupport.WaitFor(t, "refresh errors to be counted", 10*time.Second, func() bool {
 		return metricValue(t, reg, "nats_callout_jwks_refresh_errors_total") > errs
 	})
 	if got := v.KeyCount(); got != 2 {
@@ -523,8 +513,8 @@ func TestVerifierBackgroundRefresh(t *testing.T) {
 	// A key removed from the JWKS stops verifying at the next refresh.
 	srv.serve(is[0])
 	waitKeys(t, v, 1)
-	if _, err := v.Verify(context.Background(), revoked); !errors.Is(err, ErrBadSignature) {
-		t.Errorf("Verify with a revoked key: %v, want %v", err, ErrBadSignature)
+	if _, err := v.Verify(context.Background(), revoked); !errors.Is(err, kube.ErrBadSignature) {
+		t.Errorf("Verify with a revoked key: %v, want %v", err, kube.ErrBadSignature)
 	}
 }
 
@@ -570,21 +560,21 @@ func TestVerifyContextCanceled(t *testing.T) {
 }
 
 func TestNewVerifierConfig(t *testing.T) {
-	ok := VerifierConfig{JWKSURL: "https://kubernetes.default.svc/openid/v1/jwks", Issuer: testIssuer, Audience: testAudience}
+	ok := kube.VerifierConfig{JWKSURL: "https://kubernetes.default.svc/openid/v1/jwks", Issuer: testIssuer, Audience: testAudience}
 	tests := []struct {
 		name    string
-		mod     func(c *VerifierConfig)
+		mod     func(c *kube.VerifierConfig)
 		wantErr string
 	}{
-		{"valid", func(*VerifierConfig) {}, ""},
-		{"no URL", func(c *VerifierConfig) { c.JWKSURL = "" }, "JWKS URL is required"},
-		{"relative URL", func(c *VerifierConfig) { c.JWKSURL = "/openid/v1/jwks" }, "absolute http(s) URL"},
-		{"file URL", func(c *VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "absolute http(s) URL"},
-		{"no issuer", func(c *VerifierConfig) { c.Issuer = "" }, "issuer is required"},
-		{"no audience", func(c *VerifierConfig) { c.Audience = "" }, "audience is required"},
-		{"negative leeway", func(c *VerifierConfig) { c.Leeway = -time.Second }, "negative leeway"},
-		{"negative refresh", func(c *VerifierConfig) { c.RefreshInterval = -time.Second }, "negative JWKS refresh"},
-		{"negative unknown-kid refresh", func(c *VerifierConfig) { c.UnknownKIDRefreshInterval = -time.Second }, "negative unknown-kid"},
+		{"valid", func(*kube.VerifierConfig) {}, ""},
+		{"no URL", func(c *kube.VerifierConfig) { c.JWKSURL = "" }, "JWKS URL is required"},
+		{"relative URL", func(c *kube.VerifierConfig) { c.JWKSURL = "/openid/v1/jwks" }, "absolute http(s) URL"},
+		{"file URL", func(c *kube.VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "absolute http(s) URL"},
+		{"no issuer", func(c *kube.VerifierConfig) { c.Issuer = "" }, "issuer is required"},
+		{"no audience", func(c *kube.VerifierConfig) { c.Audience = "" }, "audience is required"},
+		{"negative leeway", func(c *kube.VerifierConfig) { c.Leeway = -time.Second }, "negative leeway"},
+		{"negative refresh", func(c *kube.VerifierConfig) { c.RefreshInterval = -time.Second }, "negative JWKS refresh"},
+		{"negative unknown-kid refresh", func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = -time.Second }, "negative unknown-kid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -592,7 +582,7 @@ func TestNewVerifierConfig(t *testing.T) {
 			tt.mod(&cfg)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			v, err := NewVerifier(ctx, cfg)
+			v, err := kube.NewVerifier(ctx, cfg)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("NewVerifier: %v", err)
@@ -610,7 +600,7 @@ func TestNewVerifierConfig(t *testing.T) {
 
 func TestTokenIssuer(t *testing.T) {
 	is := testIssuers(t)
-	if _, err := NewTokenIssuer(""); err == nil {
+	if _, err := kubefake.NewTokenIssuer(""); err == nil {
 		t.Error("NewTokenIssuer(\"\") succeeded, want an error")
 	}
 	if _, err := is[0].ServiceAccountToken("ns", "sa", testUID, []string{testAudience}, 0); err == nil {
@@ -659,7 +649,7 @@ func BenchmarkVerify(b *testing.B) {
 	is := testIssuers(b)
 	for _, bm := range []struct {
 		name string
-		iss  *TokenIssuer
+		iss  *kubefake.TokenIssuer
 	}{{"RS256", is[0]}, {"ES256", is[3]}} {
 		b.Run(bm.name, func(b *testing.B) {
 			srv := newJWKSServer(b, bm.iss)
@@ -677,29 +667,11 @@ func BenchmarkVerify(b *testing.B) {
 	}
 }
 
-// syncBuffer is a log sink safe for the refresh goroutine and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestVerifierLogsNoTokens(t *testing.T) {
 	is := testIssuers(t)
 	srv := newJWKSServer(t, is[0])
-	var logs syncBuffer
-	v, _ := newTestVerifier(t, srv.URL, func(c *VerifierConfig) {
+	var logs testsupport.LogBuffer
+	v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	waitKeys(t, v, 1)

@@ -1,4 +1,4 @@
-package kube
+package kubefake
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/metadata"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // memoryHistory is how many changes a MemoryCluster keeps for watches that resume from an
@@ -23,22 +25,22 @@ import (
 // as with an API server whose watch cache has moved on.
 const memoryHistory = 1024
 
-// MemoryCluster keeps ServiceAccounts in memory behind the Kubernetes metadata API: a Store
+// MemoryCluster keeps ServiceAccounts in memory behind the Kubernetes metadata API: a kube.Store
 // built on its Client lists and watches them with the calls it makes against an API server,
 // with resource versions, so informers see every change exactly once. It stands in for a
 // cluster in dev mode and in tests, and is safe for concurrent use.
 type MemoryCluster struct {
 	mu      sync.Mutex
 	rv      uint64
-	objects map[string]*ServiceAccount // by namespace/name
-	history []watch.Event              // the last memoryHistory changes, oldest first
+	objects map[string]*kube.ServiceAccount // by namespace/name
+	history []watch.Event                   // the last memoryHistory changes, oldest first
 	events  *watch.Broadcaster
 }
 
 // NewMemoryCluster returns a MemoryCluster holding sas.
-func NewMemoryCluster(sas ...*ServiceAccount) (*MemoryCluster, error) {
+func NewMemoryCluster(sas ...*kube.ServiceAccount) (*MemoryCluster, error) {
 	m := &MemoryCluster{
-		objects: map[string]*ServiceAccount{},
+		objects: map[string]*kube.ServiceAccount{},
 		events:  watch.NewLongQueueBroadcaster(memoryHistory, watch.WaitIfChannelFull),
 	}
 	for _, sa := range sas {
@@ -56,11 +58,11 @@ func (m *MemoryCluster) Close() { m.events.Shutdown() }
 // Client is the metadata client to build a Store on.
 func (m *MemoryCluster) Client() metadata.Interface { return memoryClient{m} }
 
-var serviceAccountsGroupResource = ServiceAccountsResource.GroupResource()
+var serviceAccountsGroupResource = kube.ServiceAccountsResource.GroupResource()
 
 // commit records a change under m.mu: it gives obj the next resource version, stores it (or
 // removes it for a deletion) and tells the watchers.
-func (m *MemoryCluster) commit(typ watch.EventType, obj *ServiceAccount) *ServiceAccount {
+func (m *MemoryCluster) commit(typ watch.EventType, obj *kube.ServiceAccount) *kube.ServiceAccount {
 	m.rv++
 	obj.ResourceVersion = strconv.FormatUint(m.rv, 10)
 	key := obj.Namespace + "/" + obj.Name
@@ -81,7 +83,7 @@ func (m *MemoryCluster) commit(typ watch.EventType, obj *ServiceAccount) *Servic
 
 // Create adds a ServiceAccount, giving it a fresh uid unless it has one. The context is there
 // for the API's shape.
-func (m *MemoryCluster) Create(_ context.Context, sa *ServiceAccount) (*ServiceAccount, error) {
+func (m *MemoryCluster) Create(_ context.Context, sa *kube.ServiceAccount) (*kube.ServiceAccount, error) {
 	if sa.Name == "" {
 		return nil, apierrors.NewBadRequest("metadata.name is required")
 	}
@@ -103,7 +105,7 @@ func (m *MemoryCluster) Create(_ context.Context, sa *ServiceAccount) (*ServiceA
 
 // Update replaces a ServiceAccount's labels, annotations, finalizers and deletion timestamp.
 // Its uid cannot change (delete and create it instead).
-func (m *MemoryCluster) Update(_ context.Context, sa *ServiceAccount) (*ServiceAccount, error) {
+func (m *MemoryCluster) Update(_ context.Context, sa *kube.ServiceAccount) (*kube.ServiceAccount, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, ok := m.objects[sa.Namespace+"/"+sa.Name]
@@ -134,7 +136,7 @@ func (m *MemoryCluster) Delete(_ context.Context, namespace, name string) error 
 }
 
 // Get returns one ServiceAccount.
-func (m *MemoryCluster) Get(_ context.Context, namespace, name string) (*ServiceAccount, error) {
+func (m *MemoryCluster) Get(_ context.Context, namespace, name string) (*kube.ServiceAccount, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, ok := m.objects[namespace+"/"+name]
@@ -146,7 +148,7 @@ func (m *MemoryCluster) Get(_ context.Context, namespace, name string) (*Service
 
 // List returns the ServiceAccounts of a namespace ("" = all) that match a label selector
 // ("" = all), sorted by namespace and name.
-func (m *MemoryCluster) List(_ context.Context, namespace, labelSelector string) ([]ServiceAccount, error) {
+func (m *MemoryCluster) List(_ context.Context, namespace, labelSelector string) ([]kube.ServiceAccount, error) {
 	l, err := m.list(namespace, metav1.ListOptions{LabelSelector: labelSelector})
 	if err != nil {
 		return nil, err
@@ -206,7 +208,7 @@ func (m *MemoryCluster) watch(namespace string, opts metav1.ListOptions) (watch.
 		return w, nil
 	}
 	return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
-		sa, ok := e.Object.(*ServiceAccount)
+		sa, ok := e.Object.(*kube.ServiceAccount)
 		return e, ok && sa.Namespace == namespace
 	}), nil
 }
@@ -235,7 +237,7 @@ func (r memoryResource) Namespace(ns string) metadata.ResourceInterface {
 }
 
 func (r memoryResource) check() error {
-	if r.gvr != ServiceAccountsResource {
+	if r.gvr != kube.ServiceAccountsResource {
 		return apierrors.NewNotFound(r.gvr.GroupResource(), "")
 	}
 	return nil

@@ -1,4 +1,4 @@
-package kube
+package kubefake
 
 import (
 	"context"
@@ -8,8 +8,28 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
+
+func serviceAccount(ns, name, uid string, annotations map[string]string) *kube.ServiceAccount {
+	return &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Namespace: ns, Name: name, UID: types.UID(uid), Annotations: annotations,
+	}}
+}
+
+// memoryCluster returns a MemoryCluster holding sas, closed when the test ends.
+func memoryCluster(t *testing.T, sas ...*kube.ServiceAccount) *MemoryCluster {
+	t.Helper()
+	m, err := NewMemoryCluster(sas...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
 
 // nextEvent reads one event or fails after a few seconds.
 func nextEvent(t *testing.T, w watch.Interface) watch.Event {
@@ -27,14 +47,14 @@ func nextEvent(t *testing.T, w watch.Interface) watch.Event {
 }
 
 func eventString(e watch.Event) string {
-	sa := e.Object.(*ServiceAccount)
+	sa := e.Object.(*kube.ServiceAccount)
 	return fmt.Sprintf("%s %s/%s rv=%s", e.Type, sa.Namespace, sa.Name, sa.ResourceVersion)
 }
 
 func TestMemoryClusterWatchResumes(t *testing.T) {
 	ctx := context.Background()
 	m := memoryCluster(t, serviceAccount("a", "one", "", nil))
-	api := m.Client().Resource(ServiceAccountsResource)
+	api := m.Client().Resource(kube.ServiceAccountsResource)
 	l, err := api.List(ctx, metav1.ListOptions{})
 	if err != nil || len(l.Items) != 1 || l.ResourceVersion != "1" {
 		t.Fatalf("list = %+v, %v; want one item at resource version 1", l, err)
@@ -48,7 +68,7 @@ func TestMemoryClusterWatchResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	one.Annotations = map[string]string{AnnotationAllowedPub: "x"}
+	one.Annotations = map[string]string{kube.AnnotationAllowedPub: "x"}
 	if _, err := m.Update(ctx, one); err != nil {
 		t.Fatal(err)
 	}
@@ -101,11 +121,11 @@ func TestMemoryClusterRefusals(t *testing.T) {
 	if err := m.Delete(ctx, "a", "ghost"); !apierrors.IsNotFound(err) {
 		t.Errorf("delete of a missing one: %v, want NotFound", err)
 	}
-	api := m.Client().Resource(ServiceAccountsResource)
+	api := m.Client().Resource(kube.ServiceAccountsResource)
 	if _, err := api.Watch(ctx, metav1.ListOptions{ResourceVersion: "99"}); !apierrors.IsBadRequest(err) {
 		t.Errorf("watch from the future: %v, want BadRequest", err)
 	}
-	if _, err := m.Client().Resource(ServiceAccountsResource.GroupVersion().WithResource("secrets")).List(ctx, metav1.ListOptions{}); !apierrors.IsNotFound(err) {
+	if _, err := m.Client().Resource(kube.ServiceAccountsResource.GroupVersion().WithResource("secrets")).List(ctx, metav1.ListOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("list of another resource: %v, want NotFound", err)
 	}
 	if _, err := m.List(ctx, "", "a in (b"); !apierrors.IsBadRequest(err) {

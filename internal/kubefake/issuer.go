@@ -1,4 +1,4 @@
-package kube
+package kubefake
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // TokenIssuer mints tokens with the same claim shape as the Kubernetes TokenRequest API and
@@ -94,6 +96,10 @@ func (t *TokenIssuer) Issuer() string { return t.issuer }
 // KeyID returns the kid of the signing key.
 func (t *TokenIssuer) KeyID() string { return t.kid }
 
+// Key returns the private signing key, for tests that forge tokens Sign cannot make: no kid,
+// another key's kid, an HMAC keyed with the public key.
+func (t *TokenIssuer) Key() crypto.Signer { return t.key }
+
 // JWKS returns the public key set as JSON, as /openid/v1/jwks serves it.
 func (t *TokenIssuer) JWKS() []byte { return append([]byte(nil), t.jwks...) }
 
@@ -107,21 +113,21 @@ func (t *TokenIssuer) JWKSHandler() http.Handler {
 
 // Claims returns the claims the API server puts in a ServiceAccount token that is not bound to
 // a pod, valid from now for ttl. Tests change them and Sign the result to forge hostile tokens.
-func (t *TokenIssuer) Claims(namespace, name, uid string, audience []string, ttl time.Duration) *ServiceAccountClaims {
+func (t *TokenIssuer) Claims(namespace, name, uid string, audience []string, ttl time.Duration) *kube.ServiceAccountClaims {
 	now := time.Now()
-	return &ServiceAccountClaims{
+	return &kube.ServiceAccountClaims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    t.issuer,
-			Subject:   usernamePrefix + namespace + ":" + name,
+			Subject:   kube.Identity{Namespace: namespace, Name: name}.Username(),
 			Audience:  jwt.ClaimStrings(audience),
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 			NotBefore: jwt.NewNumericDate(now),
 			IssuedAt:  jwt.NewNumericDate(now),
 			ID:        randomID(),
 		},
-		Kubernetes: &KubernetesClaims{
+		Kubernetes: &kube.KubernetesClaims{
 			Namespace:      namespace,
-			ServiceAccount: &ObjectRef{Name: name, UID: uid},
+			ServiceAccount: &kube.ObjectRef{Name: name, UID: uid},
 		},
 	}
 }
@@ -138,7 +144,8 @@ func (t *TokenIssuer) ServiceAccountToken(namespace, name, uid string, audience 
 	return t.Sign(t.Claims(namespace, name, uid, audience, ttl))
 }
 
-// Sign signs arbitrary claims with the issuer's key and kid, without checking them.
+// Sign signs arbitrary claims with the issuer's key and kid, without checking them. A
+// pod-bound token is Claims with Kubernetes.Pod (and Node) set, signed.
 func (t *TokenIssuer) Sign(claims jwt.Claims) (string, error) {
 	tok := jwt.NewWithClaims(t.method, claims)
 	tok.Header["kid"] = t.kid

@@ -1,0 +1,7 @@
+// Package kubefake holds in-memory stand-ins for the Kubernetes API and the token issuer, used
+// by dev mode and tests; never by the sidecar's runtime path.
+//
+// MemoryCluster serves ServiceAccounts behind the metadata list/watch API that kube.Store
+// reads, SyncServiceAccounts makes its ServiceAccounts match a manifest, and TokenIssuer mints
+// tokens with the API server's claim shape and publishes its JWKS.
+package kubefake

@@ -1,0 +1,50 @@
+// Package testsupport holds the helpers the tests of several packages share: a log sink that
+// goroutines and the test can use at once, and a poll-until-deadline wait. It is imported by
+// tests only.
+package testsupport
+
+import (
+	"bytes"
+	"sync"
+	"testing"
+	"time"
+)
+
+// LogBuffer collects output written from several goroutines (a slog handler, a command's
+// stdout) for the test to read at any time. The zero value is ready to use.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// pollInterval is how often WaitFor asks its condition again.
+const pollInterval = 5 * time.Millisecond
+
+// WaitFor polls cond until it holds, failing the test with what once timeout has passed.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			return
+		}
+		<-tick.C
+	}
+}

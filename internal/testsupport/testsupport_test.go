@@ -1,0 +1,47 @@
+package testsupport
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestLogBuffer(t *testing.T) {
+	var l LogBuffer
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() { fmt.Fprintf(&l, "line %d\n", i) })
+	}
+	wg.Wait()
+	if got := strings.Count(l.String(), "\n"); got != 10 {
+		t.Errorf("%d lines written, want 10:\n%s", got, l.String())
+	}
+}
+
+// recorder is a testing.TB that records a Fatalf instead of ending the test.
+type recorder struct {
+	testing.TB
+	failed string
+}
+
+func (r *recorder) Helper() {}
+
+func (r *recorder) Fatalf(format string, args ...any) { r.failed = fmt.Sprintf(format, args...) }
+
+func TestWaitFor(t *testing.T) {
+	var calls atomic.Int32
+	r := &recorder{TB: t}
+	WaitFor(r, "the third call", 10*time.Second, func() bool { return calls.Add(1) == 3 })
+	if r.failed != "" || calls.Load() != 3 {
+		t.Errorf("WaitFor failed %q after %d calls, want success after 3", r.failed, calls.Load())
+	}
+
+	r = &recorder{TB: t}
+	WaitFor(r, "never", 20*time.Millisecond, func() bool { return false })
+	if want := "timed out after 20ms waiting for never"; r.failed != want {
+		t.Errorf("WaitFor failure = %q, want %q", r.failed, want)
+	}
+}
