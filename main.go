@@ -332,7 +332,7 @@ func explain(w io.Writer, defaults kube.PolicyDefaults, sa *kube.ServiceAccount,
 	}
 	p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
 	if err != nil {
-		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", sa.Namespace, sa.Name, kube.Reason(err), err)
+		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", sa.Namespace, sa.Name, callout.Reason(err), err)
 	}
 	perms := p.Permissions
 	list := func(l []string) string {

@@ -22,29 +22,8 @@ const Subject = "$SYS.REQ.USER.AUTH"
 // xkeyHeader carries the server's curve public key on an encrypted request.
 const xkeyHeader = "Nats-Server-Xkey"
 
-// Results of one callout request, used as the `result` metric label and in the decision log.
-const (
-	// ResultAllowed means a user JWT was issued.
-	ResultAllowed = "allowed"
-	// ResultDenied means a signed error response was sent: the client gets "Authorization Violation" at once.
-	ResultDenied = "denied"
-	// ResultDropped means no response was sent: the request could not be trusted or answered.
-	ResultDropped = "dropped"
-)
-
-// Reasons a request was dropped or denied that arise in this package; the token and
-// ServiceAccount reasons come from kube.Reason.
-const (
-	ReasonOK               = "ok"
-	ReasonBadRequest       = "bad_request"
-	ReasonEncryption       = "encryption_mismatch"
-	ReasonUnknownIssuer    = "unknown_issuer"
-	ReasonDeadline         = "deadline_exceeded"
-	ReasonNotReady         = "not_ready"
-	ReasonInternal         = "internal_error"
-	reasonUnclassified     = "unauthorized"
-	unknownIssuerLogPeriod = time.Minute
-)
+// unknownIssuerLogPeriod is the least time between two logs of the same unknown issuer.
+const unknownIssuerLogPeriod = time.Minute
 
 // Errors that make a request untrustworthy; it is dropped without a response.
 var (
@@ -248,7 +227,7 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	d.Identity = id
 	if !id.Expiry.After(h.cfg.Now()) {
 		// Within the verifier's clock-skew leeway, but a user JWT must never outlive the token.
-		return deny(kube.Reason(kube.ErrExpired), fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339)))
+		return deny(ReasonExpired, fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339)))
 	}
 	pol, err := h.cfg.Policies.Policy(id)
 	if errors.Is(err, kube.ErrNotSynced) {
@@ -337,16 +316,6 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
 	}
 	return uc.Encode(signer)
-}
-
-func reasonOf(err error) string {
-	if r := kube.Reason(err); r != "" {
-		return r
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return ReasonDeadline
-	}
-	return reasonUnclassified
 }
 
 // responseSigner picks the key that signs the response to a request whose `sub` names

@@ -22,11 +22,6 @@ import (
 // member, so each sidecar answers its own server and a peer takes over when it is gone.
 const DefaultQueueGroup = "nats-k8s-oidc-callout"
 
-// ReasonOverloaded is the `reason` of a request dropped on arrival because the queue of requests
-// waiting for a worker was full: its client gets no answer and fails after the server's
-// authorization timeout, as it would have if the service had answered too late.
-const ReasonOverloaded = "overloaded"
-
 const (
 	// A connection that has been down this long is reported (at most once per repeatLogPeriod)
 	// with the last error nats.go saw: failures while (re)connecting, such as a credential the

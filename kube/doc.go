@@ -6,7 +6,7 @@
 // (list/watch through the metadata API), refuses it when it is gone,
 // being deleted, or was recreated under the same name (uid mismatch), and parses its
 // nats.io/ annotations into a Policy with ParsePolicy. Every refusal wraps one of the package's
-// sentinel errors; Reason turns it into a metric label.
+// sentinel errors; package callout turns it into a metric label.
 //
 // The in-memory stand-ins for the API server and its token issuer that dev mode and tests use
 // are in internal/kubefake.

@@ -3,8 +3,8 @@ package kube
 import "errors"
 
 // Reasons a connection is refused. Every error returned by Verify, Policy and ParsePolicy
-// wraps exactly one of them (or is a context error); test with errors.Is and turn into a
-// metric label with Reason.
+// wraps exactly one of them (or is a context error); test with errors.Is. Package callout
+// turns them into metric labels (callout.Reason).
 var (
 	// ErrNoToken means the client sent no token at all.
 	ErrNoToken = errors.New("no token")
@@ -38,41 +38,7 @@ var (
 	// safely (an invalid deny entry): the connection is refused rather than widened.
 	ErrInvalidPolicy = errors.New("invalid serviceaccount policy")
 	// ErrNotSynced means the ServiceAccount was not found while the informer cache has not
-	// finished its initial list, so the answer is not known yet. Reason returns "" for it:
-	// it is the service's state, not the client's fault.
+	// finished its initial list, so the answer is not known yet. It has no refusal label
+	// (callout.Reason returns ""): it is the service's state, not the client's fault.
 	ErrNotSynced = errors.New("serviceaccount cache not synced")
 )
-
-// reasons maps each client-facing sentinel to its metric label, in the order Reason tests them.
-var reasons = []struct {
-	err    error
-	reason string
-}{
-	{ErrNoToken, "no_token"},
-	{ErrMalformedToken, "malformed_token"},
-	{ErrBadSignature, "bad_signature"},
-	{ErrExpired, "expired"},
-	{ErrNotYetValid, "not_yet_valid"},
-	{ErrWrongIssuer, "wrong_issuer"},
-	{ErrWrongAudience, "wrong_audience"},
-	{ErrBadClaims, "bad_claims"},
-	{ErrServiceAccountNotFound, "serviceaccount_not_found"},
-	{ErrServiceAccountDeleting, "serviceaccount_deleting"},
-	{ErrUIDMismatch, "serviceaccount_uid_mismatch"},
-	{ErrInvalidPolicy, "invalid_policy"},
-}
-
-// Reason returns a short snake_case label for err, from a small fixed set suitable as a
-// metric label value, or "" when err wraps none of this package's client-facing sentinels
-// (including ErrNotSynced and context errors).
-func Reason(err error) string {
-	if err == nil {
-		return ""
-	}
-	for _, r := range reasons {
-		if errors.Is(err, r.err) {
-			return r.reason
-		}
-	}
-	return ""
-}

@@ -292,34 +292,6 @@ func TestInboxPrefix(t *testing.T) {
 	}
 }
 
-func TestReason(t *testing.T) {
-	tests := []struct {
-		err  error
-		want string
-	}{
-		{nil, ""},
-		{errors.New("other"), ""},
-		{ErrNotSynced, ""},
-		{ErrNoToken, "no_token"},
-		{fmt.Errorf("wrapped: %w", ErrMalformedToken), "malformed_token"},
-		{fmt.Errorf("x: %w", ErrBadSignature), "bad_signature"},
-		{ErrExpired, "expired"},
-		{ErrNotYetValid, "not_yet_valid"},
-		{ErrWrongIssuer, "wrong_issuer"},
-		{ErrWrongAudience, "wrong_audience"},
-		{ErrBadClaims, "bad_claims"},
-		{ErrServiceAccountNotFound, "serviceaccount_not_found"},
-		{ErrServiceAccountDeleting, "serviceaccount_deleting"},
-		{ErrUIDMismatch, "serviceaccount_uid_mismatch"},
-		{fmt.Errorf("%w: x", ErrInvalidPolicy), "invalid_policy"},
-	}
-	for _, tt := range tests {
-		if got := Reason(tt.err); got != tt.want {
-			t.Errorf("Reason(%v) = %q, want %q", tt.err, got, tt.want)
-		}
-	}
-}
-
 func TestParsePolicyAnnotationLimit(t *testing.T) {
 	d := DefaultPolicyDefaults()
 	d.AnnotationLimit = []string{"{namespace}.>", "shared.*.events"}

@@ -239,7 +239,7 @@ func (v *Verifier) refreshLoop(ctx context.Context) {
 }
 
 // Verify checks token and returns the ServiceAccount it was issued to. Errors wrap one of the
-// package's sentinels (see Reason) or ctx's error; they never contain the token.
+// package's sentinels (see errors.go) or ctx's error; they never contain the token.
 func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	token = strings.TrimSpace(token)
 	if token == "" {
