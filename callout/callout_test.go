@@ -559,3 +559,55 @@ func TestUserJWTExpiry(t *testing.T) {
 		t.Errorf("closed without an error from the server, want %v", nats.ErrAuthExpired)
 	}
 }
+
+// TestDecisionLogNamesPod checks that the decision log names the pod a bound token was issued
+// for, and has no pod attribute for a token bound to none.
+func TestDecisionLogNamesPod(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	unbound, sa := e.serviceAccount("team-a", "orders", nil)
+	claims := e.issuer.Claims(sa.Namespace, sa.Name, string(sa.UID), []string{audience}, time.Hour)
+	claims.Kubernetes.Pod = &kube.ObjectRef{Name: "orders-7d9f-x2k4q", UID: "pod-uid-1"}
+	claims.Kubernetes.Node = &kube.ObjectRef{Name: "node-1", UID: "node-uid-1"}
+	bound, err := e.issuer.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// decisions returns the attributes of the decision lines for team-a/orders, oldest first.
+	decisions := func() []map[string]any {
+		var out []map[string]any
+		for _, line := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "callout decision" || m["serviceaccount"] != "orders" {
+				continue
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name, token string
+		wantPod     any // nil: no pod attribute
+	}{
+		{"pod-bound token", bound, "orders-7d9f-x2k4q"},
+		{"token bound to no pod", unbound, nil},
+	} {
+		before := len(decisions())
+		nc, _, err := e.connect(c.token)
+		if err != nil {
+			t.Fatalf("%s: connect: %v", c.name, err)
+		}
+		nc.Close()
+		got := decisions()
+		if len(got) != before+1 {
+			t.Fatalf("%s: %d new decision lines, want 1:\n%s", c.name, len(got)-before, lastLines(e.logs.String(), 3))
+		}
+		d := got[len(got)-1]
+		if d["result"] != callout.ResultAllowed || d["namespace"] != "team-a" {
+			t.Errorf("%s: decision %v, want team-a/orders allowed", c.name, d)
+		}
+		if pod, ok := d["pod"]; pod != c.wantPod || (c.wantPod == nil && ok) {
+			t.Errorf("%s: pod = %v (present %v), want %v", c.name, pod, ok, c.wantPod)
+		}
+	}
+}

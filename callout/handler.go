@@ -393,6 +393,10 @@ func (h *Handler) record(d Decision) {
 	if d.Identity.Namespace != "" {
 		attrs = append(attrs, slog.String("namespace", d.Identity.Namespace), slog.String("serviceaccount", d.Identity.Name))
 	}
+	if d.Identity.PodName != "" {
+		// The pod a bound token was issued for: which replica connected.
+		attrs = append(attrs, slog.String("pod", d.Identity.PodName))
+	}
 	if d.Server != "" {
 		attrs = append(attrs, slog.String("server", d.Server))
 	}
