@@ -3,7 +3,8 @@
 #   docker build --build-arg VERSION=v0.1.0 --build-arg COMMIT=$(git rev-parse --short HEAD) -t IMAGE .
 #
 # The binary is the one `make build` produces with the same Go version: CGO off, -trimpath,
-# -buildvcs=false (the build context has no .git), the same ldflags. Multi-arch with
+# -buildvcs=false (the build context has no .git), the same ldflags, and -tags nodevserver
+# (dev mode's embedded nats-server stays out of the image). Multi-arch with
 # `docker buildx build --platform linux/amd64,linux/arm64`: Go cross-compiles, no emulation.
 
 ARG GO_VERSION=1.26
@@ -19,7 +20,7 @@ ARG COMMIT=unknown
 ARG TARGETOS=linux
 ARG TARGETARCH
 RUN CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -trimpath -buildvcs=false \
+    go build -trimpath -buildvcs=false -tags nodevserver \
       -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
       -o /out/nats-k8s-oidc-callout .
 

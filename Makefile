@@ -4,7 +4,7 @@
 #   make test    vet and run the unit and integration tests (embedded nats-server, race detector)
 #   make e2e     end-to-end suite on a real kube-apiserver, etcd, nats-server and NATS CLI
 #   make bench   benchmarks of the decision path
-#   make build   static binary in bin/
+#   make build   static binary in bin/ (without dev mode's embedded nats-server)
 #   make image   container image (needs docker or podman)
 #   make lint    gofmt, go vet and golangci-lint
 
@@ -24,7 +24,7 @@ RACE    := $(if $(filter 1,$(shell go env CGO_ENABLED)),-race,)
 all: build test
 
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(BINARY) .
+	CGO_ENABLED=0 go build -trimpath -tags nodevserver -ldflags "$(LDFLAGS)" -o bin/$(BINARY) .
 
 test:
 	@test -n "$(RACE)" || echo "no C compiler (cgo off): running the tests without the race detector"

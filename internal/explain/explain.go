@@ -1,0 +1,113 @@
+// Package explain is the explain command: what the service grants a ServiceAccount and why,
+// with the same lookup, annotation parsing and settings as a decision.
+package explain
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/metadata"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/settings"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
+)
+
+// Run looks the ServiceAccount of c up (in the cluster, or in c.Manifest) and writes what it
+// is granted and the verdict on each of c.Subjects.
+func Run(ctx context.Context, c settings.Explain, w io.Writer) error {
+	if watched := c.Policy.WatchedNamespaces(); len(watched) > 0 && !slices.Contains(watched, c.Namespace) {
+		return fmt.Errorf("namespace %s is not in WATCH_NAMESPACES (%s): its tokens are refused (serviceaccount_not_found)", c.Namespace, c.Policy.Namespaces)
+	}
+	sa, err := lookup(ctx, c)
+	if err != nil {
+		return err
+	}
+	return Write(w, c.Policy.Defaults(), sa, c.Subjects)
+}
+
+// lookup reads the ServiceAccount from the manifest or the cluster.
+func lookup(ctx context.Context, c settings.Explain) (*kube.ServiceAccount, error) {
+	if c.Manifest != "" {
+		data, err := os.ReadFile(c.Manifest)
+		if err != nil {
+			return nil, fmt.Errorf("--manifest: %w", err)
+		}
+		sas, err := kube.ParseServiceAccounts(data)
+		if err != nil {
+			return nil, fmt.Errorf("--manifest %s: %w", c.Manifest, err)
+		}
+		for i := range sas {
+			if sas[i].Namespace == c.Namespace && sas[i].Name == c.Name {
+				return &sas[i], nil
+			}
+		}
+		return nil, fmt.Errorf("%s/%s is not in %s: a token of it would be refused (serviceaccount_not_found)", c.Namespace, c.Name, c.Manifest)
+	}
+	rc, err := kube.RESTConfig(c.Kube.InCluster, c.Kube.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	sa, err := client.Resource(kube.ServiceAccountsResource).Namespace(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("serviceaccount %s/%s: %w (a token of it would be refused if it does not exist)", c.Namespace, c.Name, err)
+	}
+	return sa, nil
+}
+
+// Write writes the permissions of sa and the verdict on each subject.
+func Write(w io.Writer, defaults kube.PolicyDefaults, sa *kube.ServiceAccount, subjects []string) error {
+	if sa.DeletionTimestamp != nil {
+		return fmt.Errorf("%s/%s is being deleted: its tokens are refused (serviceaccount_deleting)", sa.Namespace, sa.Name)
+	}
+	p, err := kube.ParsePolicy(defaults, sa.Namespace, sa.Name, sa.Annotations)
+	if err != nil {
+		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", sa.Namespace, sa.Name, callout.Reason(err), err)
+	}
+	perms := p.Permissions
+	list := func(l []string) string {
+		if len(l) == 0 {
+			return "-"
+		}
+		return strings.Join(l, "  ")
+	}
+	fmt.Fprintf(w, "%s/%s", sa.Namespace, sa.Name)
+	if sa.UID != "" {
+		fmt.Fprintf(w, " (uid %s)", sa.UID)
+	}
+	fmt.Fprintf(w, "\n  publish    allow  %s\n             deny   %s\n", list(perms.PubAllow), list(perms.PubDeny))
+	fmt.Fprintf(w, "  subscribe  allow  %s\n             deny   %s\n", list(perms.SubAllow), list(perms.SubDeny))
+	responses := "one reply to each request it receives"
+	if !perms.AllowResponses {
+		responses = "none (nats.io/allow-responses is false)"
+	}
+	fmt.Fprintf(w, "  responses  %s\n  inbox      %s (nats.CustomInboxPrefix / nats --inbox-prefix)\n",
+		responses, kube.InboxPrefix(sa.Namespace, sa.Name))
+	for _, warning := range p.Warnings {
+		fmt.Fprintf(w, "  ignored    %s\n", warning)
+	}
+	for _, subj := range subjects {
+		if strings.ContainsAny(subj, "*>") {
+			fmt.Fprintf(w, "%s: wildcards are not checked here; give a literal subject\n", subj)
+			continue
+		}
+		fmt.Fprintf(w, "%s: publish %s, subscribe %s\n", subj, verdict(perms.AllowsPublish(subj)), verdict(perms.AllowsSubscribe(subj)))
+	}
+	return nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "allowed"
+	}
+	return "refused"
+}

@@ -1,0 +1,89 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
+)
+
+// check is one readiness condition.
+type check struct {
+	name string
+	fn   func() error
+}
+
+// readiness is what /readyz reports.
+type readiness struct {
+	checks   []check
+	handler  *callout.Handler
+	operator *operatorCheck
+}
+
+func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
+	h *callout.Handler, op *operatorCheck) readiness {
+	return readiness{handler: h, operator: op, checks: []check{
+		{"informer", func() error {
+			if !store.HasSynced() {
+				return errors.New("ServiceAccount informer has not synced")
+			}
+			return nil
+		}},
+		{"jwks", func() error {
+			if verifier.KeyCount() == 0 {
+				return fmt.Errorf("no JWKS keys loaded from %s", jwksURL)
+			}
+			return nil
+		}},
+		{"nats", svc.Ready},
+		{"signing_key", func() error {
+			if len(f.signingKeys.Current().PublicKeys()) == 0 {
+				return errors.New("no signing key loaded")
+			}
+			return nil
+		}},
+	}}
+}
+
+// ServeHTTP writes one line per readiness condition and answers 503 if any fails.
+func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	var b strings.Builder
+	ok := true
+	for _, c := range r.checks {
+		if err := c.fn(); err != nil {
+			ok = false
+			fmt.Fprintf(&b, "[-] %s: %v\n", c.name, err)
+		} else {
+			fmt.Fprintf(&b, "[+] %s ok\n", c.name)
+		}
+	}
+	// A server expecting an issuer the service lacks is reported but does not fail readiness:
+	// an unready sidecar would take its whole NATS pod out of service.
+	if want, bad := r.handler.UnknownIssuer(10 * time.Minute); bad {
+		fmt.Fprintf(&b, "[!] issuer: a nats-server expects issuer %s, which NATS_SIGNING_KEY_FILE does not hold\n", want)
+	}
+	if err := r.operator.Err(); err != nil {
+		fmt.Fprintf(&b, "[!] operator_setup: %v\n", err)
+	}
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = io.WriteString(w, b.String())
+}
+
+// newMux serves /healthz (alive), /readyz and /metrics from reg.
+func newMux(ready http.Handler, reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("/readyz", ready)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
