@@ -149,72 +149,105 @@ func (h *Handler) Handle(ctx context.Context, data []byte, hdr nats.Header) ([]b
 
 func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]byte, Decision) {
 	var d Decision
-	drop := func(reason string, err error) ([]byte, Decision) {
+	req, reason, err := h.openRequest(data, hdr, &d)
+	if err != nil {
 		d.Result, d.Reason, d.Err = ResultDropped, reason, err
 		return nil, d
 	}
+	userJWT, reason, err := h.grant(ctx, req, &d)
+	switch {
+	case reason == ReasonNotReady:
+		// Let a peer whose cache is complete answer instead of refusing a valid client.
+		d.Result, d.Reason, d.Err = ResultDropped, reason, err
+		return nil, d
+	case err != nil:
+		d.Result, d.Reason, d.Err = ResultDenied, reason, err
+		// The server logs this text; the client only sees "Authorization Violation".
+		userJWT, err = "", fmt.Errorf("%s", reason)
+	default:
+		d.Result, d.Reason = ResultAllowed, ReasonOK
+	}
+	reply, rerr := req.respond(userJWT, err)
+	if rerr != nil {
+		d.Result, d.Reason, d.Err = ResultDropped, ReasonInternal, rerr
+		return nil, d
+	}
+	return reply, d
+}
 
+// request is an authorization request that opened, decoded and checked out, with what its
+// response is signed and sealed with.
+type request struct {
+	claims *jwt.AuthorizationRequestClaims
+	// serverXKey is the server's curve key when the request came encrypted; xk is ours.
+	serverXKey string
+	xk         *XKey
+	// signer is the issuer account key the server expects the response to be signed with.
+	signer        nkeys.KeyPair
+	issuerAccount string
+}
+
+// openRequest decrypts, decodes and checks a request; an error means it must be dropped, for
+// the returned reason. What it learns about the request goes into d as soon as it is known.
+func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*request, string, error) {
+	r := &request{serverXKey: hdr.Get(xkeyHeader), xk: h.cfg.XKey()}
 	// Encrypted requests carry the server's curve key in a header and are sealed to ours.
-	serverXKey := hdr.Get(xkeyHeader)
-	xk := h.cfg.XKey()
-	if serverXKey != "" {
-		if xk == nil {
-			return drop(ReasonEncryption, fmt.Errorf("%w: the server encrypts callouts (auth_callout.xkey) but no xkey is configured (NATS_XKEY_FILE)", ErrEncryption))
+	if r.serverXKey != "" {
+		if r.xk == nil {
+			return nil, ReasonEncryption, fmt.Errorf("%w: the server encrypts callouts (auth_callout.xkey) but no xkey is configured (NATS_XKEY_FILE)", ErrEncryption)
 		}
-		opened, err := xk.kp.Open(data, serverXKey)
+		opened, err := r.xk.kp.Open(data, r.serverXKey)
 		if err != nil {
-			return drop(ReasonEncryption, fmt.Errorf("%w: cannot open the sealed request with xkey %s: %w", ErrEncryption, xk.pub, err))
+			return nil, ReasonEncryption, fmt.Errorf("%w: cannot open the sealed request with xkey %s: %w", ErrEncryption, r.xk.pub, err)
 		}
 		data = opened
 	}
-
 	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
 	if err != nil {
-		return drop(ReasonBadRequest, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return nil, ReasonBadRequest, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
+	r.claims = req
 	d.UserNkey = req.UserNkey
 	d.Server = req.Server.Name
 	d.Client = req.ClientInformation.Host
-	if err := checkRequest(req, serverXKey, h.cfg.Now()); err != nil {
-		return drop(ReasonBadRequest, err)
+	if err := checkRequest(req, r.serverXKey, h.cfg.Now()); err != nil {
+		return nil, ReasonBadRequest, err
 	}
-
-	signer, issuerAccount, ok := h.responseSigner(req.Subject)
-	if !ok {
+	var ok bool
+	if r.signer, r.issuerAccount, ok = h.responseSigner(req.Subject); !ok {
 		have := h.heldIssuers()
 		h.noteUnknownIssuer(req.Subject, have)
-		return drop(ReasonUnknownIssuer, fmt.Errorf("%w: server %q expects issuer %s, the service holds %s",
-			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(have, ",")))
+		return nil, ReasonUnknownIssuer, fmt.Errorf("%w: server %q expects issuer %s, the service holds %s",
+			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(have, ","))
 	}
+	return r, "", nil
+}
 
-	respond := func(userJWT string, denial error) ([]byte, error) {
-		rc := jwt.NewAuthorizationResponseClaims(req.UserNkey)
-		rc.Audience = req.Server.ID
-		rc.IssuerAccount = issuerAccount
-		if denial != nil {
-			rc.Error = denial.Error()
-		} else {
-			rc.Jwt = userJWT
-		}
-		tok, err := rc.Encode(signer)
-		if err != nil {
-			return nil, err
-		}
-		if serverXKey == "" {
-			return []byte(tok), nil
-		}
-		return xk.kp.Seal([]byte(tok), req.Server.XKey)
+// respond signs the response (the user JWT, or the denial) and seals it when the request
+// came sealed.
+func (r *request) respond(userJWT string, denial error) ([]byte, error) {
+	rc := jwt.NewAuthorizationResponseClaims(r.claims.UserNkey)
+	rc.Audience = r.claims.Server.ID
+	rc.IssuerAccount = r.issuerAccount
+	if denial != nil {
+		rc.Error = denial.Error()
+	} else {
+		rc.Jwt = userJWT
 	}
-	deny := func(reason string, err error) ([]byte, Decision) {
-		d.Result, d.Reason, d.Err = ResultDenied, reason, err
-		// The server logs this text; the client only sees "Authorization Violation".
-		reply, rerr := respond("", fmt.Errorf("%s", reason))
-		if rerr != nil {
-			return drop(ReasonInternal, rerr)
-		}
-		return reply, d
+	tok, err := rc.Encode(r.signer)
+	if err != nil {
+		return nil, err
 	}
+	if r.serverXKey == "" {
+		return []byte(tok), nil
+	}
+	return r.xk.kp.Seal([]byte(tok), r.claims.Server.XKey)
+}
 
+// grant verifies the client's token, looks its ServiceAccount up and builds the user JWT. An
+// error comes with the reason the client is refused (ReasonNotReady: no answer yet).
+func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, string, error) {
+	req := r.claims
 	token := req.ConnectOptions.Token
 	if token == "" {
 		// Clients that only speak user/password can send the token as the password.
@@ -222,40 +255,36 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	}
 	id, err := h.cfg.Verifier.Verify(ctx, token)
 	if err != nil {
-		return deny(reasonOf(err), err)
+		return "", reasonOf(err), err
 	}
 	d.Identity = id
 	if !id.Expiry.After(h.cfg.Now()) {
 		// Within the verifier's clock-skew leeway, but a user JWT must never outlive the token.
-		return deny(ReasonExpired, fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339)))
+		return "", ReasonExpired, fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339))
 	}
 	pol, err := h.cfg.Policies.Policy(id)
 	if errors.Is(err, kube.ErrNotSynced) {
-		// Let a peer whose cache is complete answer instead of refusing a valid client.
-		return drop(ReasonNotReady, err)
+		return "", ReasonNotReady, err
 	}
 	if err != nil {
-		return deny(reasonOf(err), err)
+		return "", reasonOf(err), err
 	}
 	d.Warnings = pol.Warnings
 
-	userSigner, userIssuerAccount := signer, ""
+	// Server-config mode: the response's key signs the user JWT too.
+	signer, issuerAccount := r.signer, ""
 	if h.cfg.Operator != nil {
 		// The user lands in the account whose key signs the user JWT.
-		if userSigner, userIssuerAccount, ok = h.cfg.Operator.TargetKeys().signerFor(h.cfg.Account); !ok {
-			return deny(ReasonInternal, errors.New("no target account signing key loaded"))
+		var ok bool
+		if signer, issuerAccount, ok = h.cfg.Operator.TargetKeys().signerFor(h.cfg.Account); !ok {
+			return "", ReasonInternal, errors.New("no target account signing key loaded")
 		}
 	}
-	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, userSigner, userIssuerAccount)
+	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, signer, issuerAccount)
 	if err != nil {
-		return deny(ReasonInternal, err)
+		return "", ReasonInternal, err
 	}
-	reply, err := respond(userJWT, nil)
-	if err != nil {
-		return drop(ReasonInternal, err)
-	}
-	d.Result, d.Reason = ResultAllowed, ReasonOK
-	return reply, d
+	return userJWT, "", nil
 }
 
 // checkRequest applies the checks jwt decoding leaves out: expiry, issuer and audience.
@@ -316,69 +345,6 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
 	}
 	return uc.Encode(signer)
-}
-
-// responseSigner picks the key that signs the response to a request whose `sub` names
-// account. Server-config mode: the key of that account (auth_callout.issuer). Operator mode:
-// account is the callout account, which must be the account of the service's own user; it
-// signs with its own key or, with issuer_account set, one of its signing keys.
-func (h *Handler) responseSigner(account string) (nkeys.KeyPair, string, bool) {
-	keys := h.cfg.SigningKeys()
-	if h.cfg.Operator == nil {
-		kp, ok := keys.Key(account)
-		return kp, "", ok
-	}
-	if account != h.cfg.Operator.CalloutAccount() {
-		return nil, "", false
-	}
-	return keys.signerFor(account)
-}
-
-// heldIssuers names what the service can answer for: the issuer keys in server-config mode,
-// the callout account in operator mode.
-func (h *Handler) heldIssuers() []string {
-	if h.cfg.Operator == nil {
-		return h.cfg.SigningKeys().PublicKeys()
-	}
-	return []string{h.cfg.Operator.CalloutAccount()}
-}
-
-// noteUnknownIssuer remembers the misconfiguration for readiness and logs it at most once a
-// minute per expected issuer.
-func (h *Handler) noteUnknownIssuer(want string, have []string) {
-	now := h.cfg.Now()
-	h.mu.Lock()
-	h.unknownIssuer, h.unknownIssuerAt = want, now
-	last, seen := h.unknownIssuerLogs[want]
-	logIt := !seen || now.Sub(last) >= unknownIssuerLogPeriod
-	if logIt {
-		h.unknownIssuerLogs[want] = now
-	}
-	h.mu.Unlock()
-	switch {
-	case !logIt:
-	case h.cfg.Operator != nil:
-		h.log.Error("nats-server sends callout requests for an account the service's own user is not in; NATS_CREDS_FILE must be a user of the callout account",
-			"expected_issuer", want, "held_issuers", have)
-	default:
-		h.log.Error("nats-server expects responses signed by an issuer account key the service does not hold; add its seed to NATS_SIGNING_KEY_FILE or fix auth_callout.issuer",
-			"expected_issuer", want, "held_issuers", have)
-	}
-}
-
-// UnknownIssuer reports the last issuer a server asked for that the service holds no key for,
-// if that happened within the last window and the key is still missing.
-func (h *Handler) UnknownIssuer(window time.Duration) (string, bool) {
-	h.mu.Lock()
-	want, at := h.unknownIssuer, h.unknownIssuerAt
-	h.mu.Unlock()
-	if want == "" || h.cfg.Now().Sub(at) > window {
-		return "", false
-	}
-	if _, _, ok := h.responseSigner(want); ok {
-		return "", false
-	}
-	return want, true
 }
 
 func (h *Handler) record(d Decision) {

@@ -139,65 +139,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 		_ = w.fsw.Close() // closing an inotify descriptor does not fail in a way we could act on
 	}()
 
-	var (
-		dirty        = make(map[string]bool) // directories with events since the last re-read
-		pendingSince time.Time               // first event of the current burst; zero if none
-		lost         = make(map[string]bool) // watched directories that disappeared
-		backoff      time.Duration           // next delay before re-watching lost directories
-	)
-	flush := time.NewTimer(time.Hour)
-	flush.Stop()
-	defer flush.Stop()
-	rewatch := time.NewTimer(time.Hour)
-	rewatch.Stop()
-	defer rewatch.Stop()
+	st := &runState{w: w, dirty: map[string]bool{}, lost: map[string]bool{}}
+	st.flush = time.NewTimer(time.Hour)
+	st.flush.Stop()
+	defer st.flush.Stop()
+	st.rewatch = time.NewTimer(time.Hour)
+	st.rewatch.Stop()
+	defer st.rewatch.Stop()
 	resync := time.NewTicker(w.resync)
 	defer resync.Stop()
-
-	// markDirty schedules a re-read of dir once its events have been quiet for the debounce
-	// period, but no later than maxDebounceFactor periods after the burst began.
-	markDirty := func(dir string) {
-		dirty[dir] = true
-		now := time.Now()
-		if pendingSince.IsZero() {
-			pendingSince = now
-		}
-		wait := w.debounce
-		if deadline := pendingSince.Add(maxDebounceFactor * w.debounce); now.Add(wait).After(deadline) {
-			wait = max(deadline.Sub(now), 0)
-		}
-		flush.Reset(wait)
-	}
-	// tryRewatch watches the lost directories that exist again and schedules the next attempt
-	// for the others, with a growing, jittered delay.
-	tryRewatch := func() {
-		for dir := range lost {
-			if err := w.fsw.Add(dir); err != nil {
-				continue
-			}
-			delete(lost, dir)
-			w.logger.Info("reload: watching directory again", "dir", dir)
-			markDirty(dir) // its files may have changed while it was not watched
-		}
-		if len(lost) == 0 {
-			backoff = 0
-			return
-		}
-		if backoff == 0 {
-			backoff = w.debounce
-		}
-		rewatch.Reset(jitter(backoff))
-		backoff = min(2*backoff, maxRewatchBackoff)
-	}
-	loseDir := func(dir string) {
-		if lost[dir] {
-			return
-		}
-		// A moved directory keeps its inotify watch at the new place; drop it.
-		_ = w.fsw.Remove(dir)
-		lost[dir] = true
-		w.logger.Warn("reload: watched directory disappeared, waiting for it to come back", "dir", dir)
-	}
 
 	for {
 		select {
@@ -209,14 +159,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 				return errors.New("reload: file watcher closed unexpectedly")
 			}
 			if w.watches(ev.Name) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
-				loseDir(ev.Name)
-				tryRewatch()
+				st.loseDir(ev.Name)
+				st.tryRewatch()
 				continue
 			}
 			// Anything else in a watched directory may have changed one of its files.
-			markDirty(filepath.Dir(ev.Name))
+			st.markDirty(filepath.Dir(ev.Name))
 			if w.watches(ev.Name) {
-				markDirty(ev.Name) // an event about the directory itself, or from a watched parent
+				st.markDirty(ev.Name) // an event about the directory itself, or from a watched parent
 			}
 
 		case err, ok := <-w.fsw.Errors:
@@ -225,39 +175,102 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 			w.logger.Warn("reload: file watcher error, re-reading all files", "error", err)
 			for _, dir := range w.watchedDirs() {
-				markDirty(dir)
+				st.markDirty(dir)
 			}
 
-		case <-flush.C:
-			pendingSince = time.Time{}
+		case <-st.flush.C:
+			st.pendingSince = time.Time{}
 			for _, f := range w.snapshot() {
-				if dirty[f.dir()] {
+				if st.dirty[f.dir()] {
 					f.check()
 				}
 			}
-			clear(dirty)
+			clear(st.dirty)
 
-		case <-rewatch.C:
-			tryRewatch()
+		case <-st.rewatch.C:
+			st.tryRewatch()
 
 		case <-resync.C:
-			// The safety net: a watch may have vanished without an event we understood.
-			watched := make(map[string]bool)
-			for _, dir := range w.fsw.WatchList() {
-				watched[dir] = true
-			}
-			for _, dir := range w.watchedDirs() {
-				if !watched[dir] && !lost[dir] {
-					loseDir(dir)
-				}
-			}
-			if len(lost) > 0 {
-				tryRewatch()
-			}
-			for _, f := range w.snapshot() {
-				f.check()
-			}
+			st.resync()
 		}
+	}
+}
+
+// runState is what Run keeps between events; only Run's goroutine touches it.
+type runState struct {
+	w            *Watcher
+	dirty        map[string]bool // directories with events since the last re-read
+	pendingSince time.Time       // first event of the current burst; zero if none
+	lost         map[string]bool // watched directories that disappeared
+	backoff      time.Duration   // next delay before re-watching lost directories
+	flush        *time.Timer     // fires when the current burst has settled
+	rewatch      *time.Timer     // fires when lost directories are to be tried again
+}
+
+// markDirty schedules a re-read of dir once its events have been quiet for the debounce
+// period, but no later than maxDebounceFactor periods after the burst began.
+func (st *runState) markDirty(dir string) {
+	st.dirty[dir] = true
+	now := time.Now()
+	if st.pendingSince.IsZero() {
+		st.pendingSince = now
+	}
+	wait := st.w.debounce
+	if deadline := st.pendingSince.Add(maxDebounceFactor * st.w.debounce); now.Add(wait).After(deadline) {
+		wait = max(deadline.Sub(now), 0)
+	}
+	st.flush.Reset(wait)
+}
+
+// tryRewatch watches the lost directories that exist again and schedules the next attempt
+// for the others, with a growing, jittered delay.
+func (st *runState) tryRewatch() {
+	for dir := range st.lost {
+		if err := st.w.fsw.Add(dir); err != nil {
+			continue
+		}
+		delete(st.lost, dir)
+		st.w.logger.Info("reload: watching directory again", "dir", dir)
+		st.markDirty(dir) // its files may have changed while it was not watched
+	}
+	if len(st.lost) == 0 {
+		st.backoff = 0
+		return
+	}
+	if st.backoff == 0 {
+		st.backoff = st.w.debounce
+	}
+	st.rewatch.Reset(jitter(st.backoff))
+	st.backoff = min(2*st.backoff, maxRewatchBackoff)
+}
+
+func (st *runState) loseDir(dir string) {
+	if st.lost[dir] {
+		return
+	}
+	// A moved directory keeps its inotify watch at the new place; drop it.
+	_ = st.w.fsw.Remove(dir)
+	st.lost[dir] = true
+	st.w.logger.Warn("reload: watched directory disappeared, waiting for it to come back", "dir", dir)
+}
+
+// resync is the safety net: a watch may have vanished without an event we understood, so
+// every watch is checked and every file re-read.
+func (st *runState) resync() {
+	watched := make(map[string]bool)
+	for _, dir := range st.w.fsw.WatchList() {
+		watched[dir] = true
+	}
+	for _, dir := range st.w.watchedDirs() {
+		if !watched[dir] && !st.lost[dir] {
+			st.loseDir(dir)
+		}
+	}
+	if len(st.lost) > 0 {
+		st.tryRewatch()
+	}
+	for _, f := range st.w.snapshot() {
+		f.check()
 	}
 }
 

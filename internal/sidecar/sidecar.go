@@ -48,84 +48,108 @@ type Deps struct {
 // On cancellation it stops taking requests, drains the NATS connection, then stops the
 // informer, the watcher and (last, so probes see the shutdown) HTTP.
 func Run(ctx context.Context, c settings.Serve, d Deps) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	s, err := build(ctx, c, d)
+	if err != nil {
+		return err
+	}
+	s.start(ctx, g)
+	err = g.Wait()
+	d.Log.Info("stopped")
+	return err
+}
+
+// sidecar is the running service's parts.
+type sidecar struct {
+	watcher *reload.Watcher
+	files   *files
+	store   *kube.Store
+	svc     *callout.Service
+	op      *operatorCheck
+	srv     *http.Server
+	ln      net.Listener
+}
+
+// build makes every part, in the order they depend on each other: the files, the operator-mode
+// check, the store and the verifier, the handler, the NATS service, then HTTP. ctx bounds the
+// verifier's background refresh.
+func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	log, reg := d.Log, d.Registry
 	promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nats_callout_build_info",
 		Help: "Build information; always 1.",
 	}, []string{"version", "commit", "goversion"}).WithLabelValues(d.Version, d.Commit, runtime.Version()).Set(1)
 
-	watcher := d.Watcher
-	if watcher == nil {
-		var err error
-		if watcher, err = reload.NewWatcher(log, reg); err != nil {
-			return err
+	s := &sidecar{watcher: d.Watcher}
+	var err error
+	if s.watcher == nil {
+		if s.watcher, err = reload.NewWatcher(log, reg); err != nil {
+			return nil, err
 		}
 	}
-	f, err := loadFiles(c, watcher, log)
-	if err != nil {
-		return err
+	if s.files, err = loadFiles(c, s.watcher, log); err != nil {
+		return nil, err
 	}
-	var op *operatorCheck
 	var operator *callout.OperatorConfig
 	if c.Operator() {
-		if op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return f.operatorSetup(c.Account) }); err != nil {
-			return err
+		if s.op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return s.files.operatorSetup(c.Account) }); err != nil {
+			return nil, err
 		}
-		operator = &callout.OperatorConfig{CalloutAccount: func() string { return f.creds().Account() }, TargetKeys: f.targetKeys}
+		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys}
 	}
-	store, err := kube.NewStore(d.Client, kube.StoreConfig{
+	if s.store, err = kube.NewStore(d.Client, kube.StoreConfig{
 		Namespaces: c.Policy.WatchedNamespaces(), Defaults: c.Policy.Defaults(), Logger: log, Registerer: reg,
-	})
-	if err != nil {
-		return fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
+	}); err != nil {
+		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
-
-	g, ctx := errgroup.WithContext(ctx)
 	verifier, err := kube.NewVerifier(ctx, kube.VerifierConfig{
 		JWKSURL: d.JWKSURL, HTTPClient: d.HTTPClient, Issuer: c.Issuer, Audience: c.Audience,
 		RefreshInterval: c.JWKSRefresh, Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return fmt.Errorf("JWKS_URL: %w", err)
+		return nil, fmt.Errorf("JWKS_URL: %w", err)
 	}
 	metrics := callout.NewMetrics(reg)
 	handler, err := callout.NewHandler(callout.HandlerConfig{
-		Verifier: verifier, Policies: store, SigningKeys: f.signingKeys.Current, XKey: f.xkey,
+		Verifier: verifier, Policies: s.store, SigningKeys: s.files.signingKeys.Current, XKey: s.files.xkey,
 		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics, Operator: operator,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	svc, err := callout.NewService(callout.ServiceConfig{
-		URL: c.NATSURL, Credentials: f.creds, UseJWT: c.Operator(), TLS: c.TLS(), Handler: handler, Workers: c.Workers,
+	if s.svc, err = callout.NewService(callout.ServiceConfig{
+		URL: c.NATSURL, Credentials: s.files.creds, UseJWT: c.Operator(), TLS: c.TLS(), Handler: handler, Workers: c.Workers,
 		RequestTimeout: c.RequestTimeout, Logger: log, Metrics: metrics,
-	})
-	if err != nil {
-		return err
+	}); err != nil {
+		return nil, err
 	}
-	ready := newReadiness(store, verifier, d.JWKSURL, svc, f, handler, op)
-	srv := &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
-	ln := d.Listener
-	if ln == nil {
-		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
-			return fmt.Errorf("HTTP_ADDR: %w", err)
+	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
+	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
+	if s.ln = d.Listener; s.ln == nil {
+		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("HTTP_ADDR: %w", err)
 		}
 	}
-
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
-		"issuers", f.signingKeys.Current(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
-		"http_addr", ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
+		"issuers", s.files.signingKeys.Current(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
+		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
+	return s, nil
+}
 
+// start runs every part in g until ctx is done.
+func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	svcDone := make(chan struct{})
-	g.Go(func() error { return watcher.Run(ctx) })
-	g.Go(func() error { return store.Run(ctx) })
+	g.Go(func() error { return s.watcher.Run(ctx) })
+	g.Go(func() error { return s.store.Run(ctx) })
 	g.Go(func() error {
 		defer close(svcDone)
-		return svc.Run(ctx)
+		return s.svc.Run(ctx)
 	})
-	g.Go(func() error { return react(ctx, f.changes, svc, op) })
+	g.Go(func() error { return react(ctx, s.files.changes, s.svc, s.op) })
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("HTTP server: %w", err)
 		}
 		return nil
@@ -136,11 +160,8 @@ func Run(ctx context.Context, c settings.Serve, d Deps) error {
 		<-svcDone
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		return s.srv.Shutdown(sctx)
 	})
-	err = g.Wait()
-	log.Info("stopped")
-	return err
 }
 
 // react applies file changes to the running service: new NATS credentials rotate the
