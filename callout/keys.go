@@ -42,7 +42,7 @@ func ParseSigningKeys(data []byte) (*KeyRing, error) {
 			return nil, fmt.Errorf("seed %d: %w", i+1, err)
 		}
 		if !nkeys.IsValidPublicAccountKey(pub) {
-			return nil, fmt.Errorf("seed %d is a %s seed (public key %s); signing keys are account seeds (SA...)%s", i+1, keyKind(pub), pub, seedHint(pub))
+			return nil, fmt.Errorf("seed %d is a %s seed (public key %s); signing keys are account seeds (SA...)%s", i+1, KeyKind(pub), pub, seedHint(pub))
 		}
 		if _, dup := kr.keys[pub]; dup {
 			continue
@@ -140,7 +140,7 @@ func ParseXKey(data []byte) (*XKey, error) {
 		return nil, err
 	}
 	if !nkeys.IsValidPublicCurveKey(pub) {
-		return nil, fmt.Errorf("seed is a %s seed (public key %s); an xkey must be a curve seed (SX...)", keyKind(pub), pub)
+		return nil, fmt.Errorf("seed is a %s seed (public key %s); an xkey must be a curve seed (SX...)", KeyKind(pub), pub)
 	}
 	return &XKey{kp: seeds[0], pub: pub}, nil
 }
@@ -179,7 +179,7 @@ func ParseCredentials(data []byte) (*Credentials, error) {
 		return nil, err
 	}
 	if !nkeys.IsValidPublicUserKey(pub) {
-		return nil, fmt.Errorf("seed is a %s seed (public key %s); the service logs in as a user (SU...)", keyKind(pub), pub)
+		return nil, fmt.Errorf("seed is a %s seed (public key %s); the service logs in as a user (SU...)", KeyKind(pub), pub)
 	}
 	c := &Credentials{kp: seeds[0], pub: pub}
 	if bytes.Contains(data, []byte("BEGIN NATS USER JWT")) {
@@ -265,7 +265,9 @@ func seedHint(pub string) string {
 	}
 }
 
-func keyKind(pub string) string {
+// KeyKind names the type of an nkey public key: user, account, operator, server, curve or
+// unknown.
+func KeyKind(pub string) string {
 	switch {
 	case nkeys.IsValidPublicUserKey(pub):
 		return "user"

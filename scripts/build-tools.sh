@@ -73,10 +73,7 @@ tools=()
 for arg in "$@"; do
 	case $arg in
 	-f | --force) force=1 ;;
-	-h | --help)
-		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-		exit 0
-		;;
+	-h | --help) e2e_usage ;;
 	-*) e2e_die "unknown option $arg" ;;
 	*) tools+=("$arg") ;;
 	esac

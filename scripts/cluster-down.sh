@@ -27,10 +27,7 @@ names=()
 for arg in "$@"; do
 	case $arg in
 	--purge) purge=1 ;;
-	-h | --help)
-		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-		exit 0
-		;;
+	-h | --help) e2e_usage ;;
 	-*) e2e_die "unknown option $arg" ;;
 	*) if [[ -z $dir ]]; then dir=$arg; else names+=("$arg"); fi ;;
 	esac

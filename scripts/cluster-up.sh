@@ -42,10 +42,7 @@ dir=
 for arg in "$@"; do
 	case $arg in
 	--anonymous-jwks) anonymous_jwks=1 ;;
-	-h | --help)
-		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-		exit 0
-		;;
+	-h | --help) e2e_usage ;;
 	-*) e2e_die "unknown option $arg" ;;
 	*)
 		[[ -z $dir ]] || e2e_die "only one DIR, please"

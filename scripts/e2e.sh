@@ -24,11 +24,7 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../e2e/tools/lib.sh
 . "$(dirname "$0")/../e2e/tools/lib.sh"
 
-case ${1:-} in -h | --help)
-	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-	exit 0
-	;;
-esac
+case ${1:-} in -h | --help) e2e_usage ;; esac
 
 cd "$E2E_ROOT"
 command -v go >/dev/null || e2e_die "go is not on PATH"

@@ -30,11 +30,7 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../e2e/tools/lib.sh
 . "$(dirname "$0")/../e2e/tools/lib.sh"
 
-case ${1:-} in -h | --help)
-	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-	exit 0
-	;;
-esac
+case ${1:-} in -h | --help) e2e_usage ;; esac
 (($# >= 3)) || e2e_die "usage: $0 DIR NAME CONFIG [-- EXTRA_NATS_SERVER_ARGS...]"
 dir=$1 name=$2 config=$3
 shift 3

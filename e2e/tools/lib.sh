@@ -132,3 +132,9 @@ e2e_stop() {
 	((rc == 0)) && rm -f -- "$@"
 	return $rc
 }
+
+# e2e_usage prints the calling script's header comment (its usage) and exits 0.
+e2e_usage() {
+	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+	exit 0
+}

@@ -49,12 +49,8 @@ func InitTable(c *Init) settings.Table {
 // ParseInit reads init's flags.
 func ParseInit(args []string, output io.Writer) (Init, error) {
 	var c Init
-	p, err := InitTable(&c).Parse(args, nil, output)
-	if err != nil {
-		return c, err
-	}
-	if len(p.Args()) > 0 {
-		return c, fmt.Errorf("init: unexpected arguments: %v", p.Args())
+	if _, err := InitTable(&c).ParseNoArgs(args, nil, output); err != nil {
+		return c, fmt.Errorf("init: %w", err)
 	}
 	return c, nil
 }

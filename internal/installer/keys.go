@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/nats-io/nkeys"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 )
 
 // wantKind explains what key was expected and what was given instead, without echoing
@@ -15,8 +15,8 @@ func wantKind(want, prefix, got string) string {
 		return fmt.Sprintf("%s public key (%s...) is required", article(want), prefix)
 	case strings.HasPrefix(got, "S"):
 		return fmt.Sprintf("this looks like a seed (private key); give the %s public key (%s...) instead", want, prefix)
-	case keyKind(got) != "unknown":
-		return fmt.Sprintf("this is %s public key; %s public key (%s...) is required", article(keyKind(got)), article(want), prefix)
+	case callout.KeyKind(got) != "unknown":
+		return fmt.Sprintf("this is %s public key; %s public key (%s...) is required", article(callout.KeyKind(got)), article(want), prefix)
 	default:
 		return fmt.Sprintf("not a valid nkey; %s public key (%s...) is required", article(want), prefix)
 	}
@@ -36,23 +36,4 @@ func shown(v string) string {
 		return "(not shown: it may be a private key)"
 	}
 	return fmt.Sprintf("%q", v)
-}
-
-// keyKind names the type of a public key, or "unknown". (callout's key parsers have their own
-// copy for their errors.)
-func keyKind(pub string) string {
-	switch {
-	case nkeys.IsValidPublicUserKey(pub):
-		return "user"
-	case nkeys.IsValidPublicAccountKey(pub):
-		return "account"
-	case nkeys.IsValidPublicOperatorKey(pub):
-		return "operator"
-	case nkeys.IsValidPublicServerKey(pub):
-		return "server"
-	case nkeys.IsValidPublicCurveKey(pub):
-		return "curve"
-	default:
-		return "unknown"
-	}
 }

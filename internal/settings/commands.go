@@ -149,12 +149,9 @@ func DevTable(c *Dev) Table {
 // ParseDev reads dev's flags and validates them.
 func ParseDev(args []string, output io.Writer) (Dev, error) {
 	var c Dev
-	p, err := DevTable(&c).Parse(args, nil, output)
+	p, err := DevTable(&c).ParseNoArgs(args, nil, output)
 	if err != nil {
 		return c, err
-	}
-	if len(p.Args()) > 0 {
-		return c, fmt.Errorf("unexpected arguments: %v", p.Args())
 	}
 	if c.Check && !p.IsSet("port") {
 		c.Port = 0 // a self-test must not depend on, or clash with, a running dev instance

@@ -158,12 +158,9 @@ func inPod(lookup func(string) (string, bool)) bool {
 // ParseServe reads serve's settings from the environment and args and validates them.
 func ParseServe(args []string, lookup func(string) (string, bool), output io.Writer) (Serve, error) {
 	var c Serve
-	p, err := ServeTable(&c, inPod(lookup)).Parse(args, lookup, output)
+	p, err := ServeTable(&c, inPod(lookup)).ParseNoArgs(args, lookup, output)
 	if err != nil {
 		return c, err
-	}
-	if len(p.Args()) > 0 {
-		return c, fmt.Errorf("unexpected arguments: %v", p.Args())
 	}
 	c.JWKSURLSet = p.IsSet("jwks-url")
 	if c.ShowVersion {

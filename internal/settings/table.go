@@ -203,6 +203,15 @@ func (t Table) Parse(args []string, lookup func(string) (string, bool), output i
 	return p, errors.Join(errs...)
 }
 
+// ParseNoArgs is Parse for a command that takes no arguments besides its flags.
+func (t Table) ParseNoArgs(args []string, lookup func(string) (string, bool), output io.Writer) (Parsed, error) {
+	p, err := t.Parse(args, lookup, output)
+	if err == nil && len(p.args) > 0 {
+		err = fmt.Errorf("unexpected arguments: %v", p.args)
+	}
+	return p, err
+}
+
 func (t Table) env(s *Setting, lookup func(string) (string, bool)) (string, bool) {
 	if t.NoEnv || s.Env == "" || lookup == nil {
 		return "", false
