@@ -117,62 +117,74 @@ type OperatorSetup struct {
 // scoped target signing key also wraps ErrScopedSigningKey. Without the account JWTs only the
 // keys and the credentials can be compared with each other.
 func CheckOperatorSetup(s OperatorSetup) error {
-	fail := func(format string, args ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{ErrOperatorSetup}, args...)...)
-	}
 	if s.Credentials == nil || s.Credentials.JWT() == "" {
-		return fail("NATS_CREDS_FILE must be a .creds file (user JWT and seed) of a user in the callout account, not a bare seed: " +
+		return failSetup("NATS_CREDS_FILE must be a .creds file (user JWT and seed) of a user in the callout account, not a bare seed: " +
 			"nsc generate creds --account AUTH --name callout")
 	}
 	callout, service := s.Credentials.Account(), s.Credentials.PublicKey()
 	if !nkeys.IsValidPublicAccountKey(s.TargetAccount) {
 		// Not echoed: a misplaced seed must not reach the log.
-		return fail("NATS_ACCOUNT is not an account public key (A...); in operator mode it names the target account by its key: nsc describe account APP --field sub")
+		return failSetup("NATS_ACCOUNT is not an account public key (A...); in operator mode it names the target account by its key: nsc describe account APP --field sub")
 	}
 	if n := len(s.SigningKeys.PublicKeys()); n != 1 {
-		return fail("NATS_SIGNING_KEY_FILE holds %d account seeds; operator mode signs with exactly one: the callout account's key or one of its signing keys", n)
+		return failSetup("NATS_SIGNING_KEY_FILE holds %d account seeds; operator mode signs with exactly one: the callout account's key or one of its signing keys", n)
 	}
 	if n := len(s.TargetKeys.PublicKeys()); n != 1 {
-		return fail("NATS_TARGET_SIGNING_KEY_FILE holds %d account seeds; operator mode signs user JWTs with exactly one: the target account's key or an unscoped signing key of it", n)
+		return failSetup("NATS_TARGET_SIGNING_KEY_FILE holds %d account seeds; operator mode signs user JWTs with exactly one: the target account's key or an unscoped signing key of it", n)
 	}
 	signing, target := s.SigningKeys.PublicKeys()[0], s.TargetKeys.PublicKeys()[0]
 	sameAccount := s.TargetAccount == callout
 	switch {
 	case !sameAccount && signing == s.TargetAccount:
-		return fail("NATS_SIGNING_KEY_FILE holds the key of the target account %s, but responses are signed for the callout account %s "+
+		return failSetup("NATS_SIGNING_KEY_FILE holds the key of the target account %s, but responses are signed for the callout account %s "+
 			"(the account of the NATS_CREDS_FILE user %s); one of the two files belongs to the wrong account", s.TargetAccount, callout, service)
 	case !sameAccount && target == callout:
-		return fail("NATS_TARGET_SIGNING_KEY_FILE holds the key of the callout account %s, but users are placed in NATS_ACCOUNT %s: "+
+		return failSetup("NATS_TARGET_SIGNING_KEY_FILE holds the key of the callout account %s, but users are placed in NATS_ACCOUNT %s: "+
 			"it must hold %s's key or an unscoped signing key of it (a user lands in the account that signed it)", callout, s.TargetAccount, s.TargetAccount)
 	case !sameAccount && target == signing:
-		return fail("NATS_SIGNING_KEY_FILE and NATS_TARGET_SIGNING_KEY_FILE hold the same key %s, but the callout account %s and NATS_ACCOUNT %s differ: "+
+		return failSetup("NATS_SIGNING_KEY_FILE and NATS_TARGET_SIGNING_KEY_FILE hold the same key %s, but the callout account %s and NATS_ACCOUNT %s differ: "+
 			"responses are signed with a key of the callout account, user JWTs with a key of the target account", signing, callout, s.TargetAccount)
 	}
-
-	if ac := s.CalloutAccountJWT; ac != nil {
-		name := accountLabel(ac)
-		switch {
-		case ac.Subject != callout:
-			return fail("NATS_CREDS_FILE is a user of account %s, but NATS_CALLOUT_ACCOUNT_JWT_FILE is account %s: "+
-				"the service must log in as a user of the callout account", callout, name)
-		case !ac.Authorization.IsEnabled():
-			return fail("account %s has no auth callout: nsc edit authcallout --account %s --auth-user %s", name, nameOr(ac), service)
-		case !ac.Authorization.AuthUsers.Contains(service):
-			return fail("the service's user %s is not in auth_users of account %s, so its own login would be sent to the callout it serves: "+
-				"nsc edit authcallout --account %s --auth-user %s", service, name, nameOr(ac), service)
-		case signing != ac.Subject && !hasSigningKey(ac, signing):
-			return fail("NATS_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
-				"(add it with nsc edit account %s --sk %s, or update NATS_CALLOUT_ACCOUNT_JWT_FILE)", signing, name, nameOr(ac), signing)
-		case !sameAccount && !allowsAccount(ac, s.TargetAccount):
-			return fail("account %s may not place users in NATS_ACCOUNT %s (not in allowed_accounts): "+
-				"nsc edit authcallout --account %s --allowed-account %s", name, s.TargetAccount, nameOr(ac), s.TargetAccount)
-		case ac.Authorization.XKey != "" && s.XKey == nil:
-			return fail("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE is not set", name, ac.Authorization.XKey)
-		case ac.Authorization.XKey != "" && s.XKey.PublicKey() != ac.Authorization.XKey:
-			return fail("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE holds %s", name, ac.Authorization.XKey, s.XKey.PublicKey())
-		}
+	if err := checkCalloutAccountJWT(s, callout, service, signing, sameAccount); err != nil {
+		return err
 	}
+	return checkTargetAccountJWT(s, target, sameAccount)
+}
 
+// checkCalloutAccountJWT checks the service's login and signing key against the callout
+// account's JWT, when it is given.
+func checkCalloutAccountJWT(s OperatorSetup, callout, service, signing string, sameAccount bool) error {
+	ac := s.CalloutAccountJWT
+	if ac == nil {
+		return nil
+	}
+	name := accountLabel(ac)
+	switch {
+	case ac.Subject != callout:
+		return failSetup("NATS_CREDS_FILE is a user of account %s, but NATS_CALLOUT_ACCOUNT_JWT_FILE is account %s: "+
+			"the service must log in as a user of the callout account", callout, name)
+	case !ac.Authorization.IsEnabled():
+		return failSetup("account %s has no auth callout: nsc edit authcallout --account %s --auth-user %s", name, nameOr(ac), service)
+	case !ac.Authorization.AuthUsers.Contains(service):
+		return failSetup("the service's user %s is not in auth_users of account %s, so its own login would be sent to the callout it serves: "+
+			"nsc edit authcallout --account %s --auth-user %s", service, name, nameOr(ac), service)
+	case signing != ac.Subject && !hasSigningKey(ac, signing):
+		return failSetup("NATS_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
+			"(add it with nsc edit account %s --sk %s, or update NATS_CALLOUT_ACCOUNT_JWT_FILE)", signing, name, nameOr(ac), signing)
+	case !sameAccount && !allowsAccount(ac, s.TargetAccount):
+		return failSetup("account %s may not place users in NATS_ACCOUNT %s (not in allowed_accounts): "+
+			"nsc edit authcallout --account %s --allowed-account %s", name, s.TargetAccount, nameOr(ac), s.TargetAccount)
+	case ac.Authorization.XKey != "" && s.XKey == nil:
+		return failSetup("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE is not set", name, ac.Authorization.XKey)
+	case ac.Authorization.XKey != "" && s.XKey.PublicKey() != ac.Authorization.XKey:
+		return failSetup("account %s encrypts callout requests to xkey %s, but NATS_XKEY_FILE holds %s", name, ac.Authorization.XKey, s.XKey.PublicKey())
+	}
+	return nil
+}
+
+// checkTargetAccountJWT checks the key that signs user JWTs against the target account's JWT,
+// when it is given: it must be the account's key or an unscoped signing key of it.
+func checkTargetAccountJWT(s OperatorSetup, target string, sameAccount bool) error {
 	ta := s.TargetAccountJWT
 	if ta == nil && sameAccount {
 		ta = s.CalloutAccountJWT
@@ -182,7 +194,7 @@ func CheckOperatorSetup(s OperatorSetup) error {
 	}
 	name := accountLabel(ta)
 	if ta.Subject != s.TargetAccount {
-		return fail("NATS_TARGET_ACCOUNT_JWT_FILE is account %s, but NATS_ACCOUNT is %s", name, s.TargetAccount)
+		return failSetup("NATS_TARGET_ACCOUNT_JWT_FILE is account %s, but NATS_ACCOUNT is %s", name, s.TargetAccount)
 	}
 	if target == ta.Subject {
 		return nil
@@ -190,7 +202,7 @@ func CheckOperatorSetup(s OperatorSetup) error {
 	scope, ok := ta.SigningKeys[target]
 	switch {
 	case !ok:
-		return fail("NATS_TARGET_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
+		return failSetup("NATS_TARGET_SIGNING_KEY_FILE holds %s, which is neither account %s's key nor one of its signing keys "+
 			"(add it with nsc edit account %s --sk %s, or update NATS_TARGET_ACCOUNT_JWT_FILE)", target, name, nameOr(ta), target)
 	case scope != nil:
 		role := ""
@@ -203,6 +215,11 @@ func CheckOperatorSetup(s OperatorSetup) error {
 			ErrOperatorSetup, ErrScopedSigningKey, target, role, name, nameOr(ta))
 	}
 	return nil
+}
+
+// failSetup wraps ErrOperatorSetup with an explanation.
+func failSetup(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrOperatorSetup}, args...)...)
 }
 
 func hasSigningKey(ac *jwt.AccountClaims, key string) bool {
