@@ -1,23 +1,22 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 )
 
 const (
@@ -35,33 +34,13 @@ func parseCred(data []byte) (string, error) {
 	return v, nil
 }
 
-// logBuffer collects log output for assertions and copies it to the test log.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-	out io.Writer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	return b.out.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type harness struct {
 	t    *testing.T
 	dir  string // a temporary directory that outlives the Watcher
 	w    *Watcher
 	reg  *prometheus.Registry
-	logs *logBuffer
-	run  func() // starts Run; stopped and checked at cleanup
+	logs *testsupport.LogBuffer // also copied to the test log
+	run  func()                 // starts Run; stopped and checked at cleanup
 }
 
 // newHarness returns a Watcher with its own registry and captured logs. Whether or not the test
@@ -69,7 +48,7 @@ type harness struct {
 func newHarness(t *testing.T, opts ...Option) *harness {
 	t.Helper()
 	dir := t.TempDir() // cleanups run last-in first-out: the Watcher stops first
-	logs := &logBuffer{out: t.Output()}
+	logs := &testsupport.LogBuffer{Tee: t.Output()}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	w, err := NewWatcher(logger, reg, append([]Option{WithDebounce(testDebounce), WithResyncInterval(time.Hour)}, opts...)...)
@@ -139,20 +118,6 @@ func (wf *watched) waitValue(t *testing.T, want string) {
 		case <-deadline:
 			t.Fatalf("onChange(%q) not called within %v; Current() = %q", want, waitLimit, wf.Current())
 		}
-	}
-}
-
-// waitFor polls cond until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitLimit)
-		}
-		<-tick.C
 	}
 }
 
@@ -249,7 +214,7 @@ func TestDeleteAndRecreate(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "deleted file counted as a failed reload", func() bool { return h.reloads("creds", "failure") == 1 })
+	testsupport.WaitFor(t, "deleted file counted as a failed reload", waitLimit, func() bool { return h.reloads("creds", "failure") == 1 })
 	if got := creds.Current(); got != "v1" {
 		t.Errorf("Current() with the file deleted = %q, want v1 kept", got)
 	}
@@ -269,7 +234,7 @@ func TestGarbageKeepsOldValue(t *testing.T) {
 
 	const garbage = "SUAGARBAGESEEDTHATMUSTNEVERBELOGGED"
 	vol.update(map[string]string{"creds": garbage})
-	waitFor(t, "garbage counted as a failed reload", func() bool { return h.reloads("creds", "failure") == 1 })
+	testsupport.WaitFor(t, "garbage counted as a failed reload", waitLimit, func() bool { return h.reloads("creds", "failure") == 1 })
 	if got := creds.Current(); got != "v1" {
 		t.Errorf("Current() after garbage = %q, want v1 kept", got)
 	}
@@ -277,11 +242,11 @@ func TestGarbageKeepsOldValue(t *testing.T) {
 
 	// Back to the content in use: healthy again, nothing to swap.
 	vol.update(map[string]string{"creds": "good:v1"})
-	waitFor(t, "restored content marked successful", func() bool { return h.successful("creds") == 1 })
+	testsupport.WaitFor(t, "restored content marked successful", waitLimit, func() bool { return h.successful("creds") == 1 })
 	h.wantMetrics("creds", 0, 1, 1)
 
 	vol.update(map[string]string{"creds": garbage + "2"})
-	waitFor(t, "second garbage counted", func() bool { return h.reloads("creds", "failure") == 2 })
+	testsupport.WaitFor(t, "second garbage counted", waitLimit, func() bool { return h.reloads("creds", "failure") == 2 })
 	vol.update(map[string]string{"creds": "good:v2"})
 	creds.waitValue(t, "v2")
 	h.wantMetrics("creds", 1, 2, 1)
@@ -376,7 +341,7 @@ func TestDirectoryRemovedAndRecreated(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "removed directory counted as a failed reload", func() bool { return h.reloads("creds", "failure") == 1 })
+	testsupport.WaitFor(t, "removed directory counted as a failed reload", waitLimit, func() bool { return h.reloads("creds", "failure") == 1 })
 	if got := creds.Current(); got != "v1" {
 		t.Errorf("Current() with the directory removed = %q, want v1 kept", got)
 	}
@@ -519,7 +484,7 @@ func TestRunStopsCleanly(t *testing.T) {
 		t.Fatalf("Run did not return within %v of cancellation", waitLimit)
 	}
 
-	waitFor(t, "no goroutine of the watcher left", func() bool {
+	testsupport.WaitFor(t, "no goroutine of the watcher left", waitLimit, func() bool {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		return !strings.Contains(stacks, "fsnotify") && !strings.Contains(stacks, "reload.(*Watcher)")

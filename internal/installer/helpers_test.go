@@ -56,17 +56,3 @@ func startServer(t *testing.T, conf string) (*server.Server, string) {
 	t.Cleanup(s.Shutdown)
 	return s, path
 }
-
-// waitFor waits up to 10s for cond to hold.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}

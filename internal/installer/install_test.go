@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -83,7 +84,7 @@ func runInstalledSidecar(t *testing.T, url string, secret []byte) {
 		}
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	waitFor(t, "service subscribed", func() bool { return svc.Ready() == nil })
+	testsupport.WaitFor(t, "service subscribed", 10*time.Second, func() bool { return svc.Ready() == nil })
 }
 
 // loginAccountOf connects with a ServiceAccount token and returns the account it landed in.

@@ -5,6 +5,7 @@ package testsupport
 
 import (
 	"bytes"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -13,15 +14,23 @@ import (
 // LogBuffer collects output written from several goroutines (a slog handler, a command's
 // stdout) for the test to read at any time. The zero value is ready to use.
 type LogBuffer struct {
+	// Tee, if set, also gets everything written, in order: t.Output() shows the log with the
+	// test's own output.
+	Tee io.Writer
+
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-// Write appends p.
+// Write appends p, and writes it to Tee if set.
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.b.Write(p)
+	l.b.Write(p)
+	if l.Tee != nil {
+		return l.Tee.Write(p)
+	}
+	return len(p), nil
 }
 
 // String returns everything written so far.

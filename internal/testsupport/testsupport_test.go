@@ -21,6 +21,16 @@ func TestLogBuffer(t *testing.T) {
 	}
 }
 
+func TestLogBufferTee(t *testing.T) {
+	var tee strings.Builder
+	l := LogBuffer{Tee: &tee}
+	fmt.Fprint(&l, "one\n")
+	fmt.Fprint(&l, "two\n")
+	if l.String() != "one\ntwo\n" || tee.String() != l.String() {
+		t.Errorf("buffer %q, tee %q; want both %q", l.String(), tee.String(), "one\ntwo\n")
+	}
+}
+
 // recorder is a testing.TB that records a Fatalf instead of ending the test.
 type recorder struct {
 	testing.TB
