@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,9 @@ var (
 	// ErrUnknownIssuer means the server expects responses signed by an account key the service
 	// does not hold: a configuration error on one side or the other.
 	ErrUnknownIssuer = errors.New("request names an issuer the service holds no key for")
+	// ErrPanic means handling the request hit a bug in the service or a library it uses: the
+	// request was dropped (ReasonInternal) and the service carries on.
+	ErrPanic = errors.New("panic while handling the request")
 )
 
 // TokenVerifier checks a ServiceAccount token and returns who it belongs to.
@@ -128,16 +132,18 @@ type Decision struct {
 }
 
 // Handle decides one request. It returns the bytes to reply with, or nil when the request must
-// not be answered (see ResultDropped). It logs the decision and records metrics.
+// not be answered (see ResultDropped). It logs the decision and records metrics. A panic while
+// deciding is recovered: the request is dropped (ReasonInternal, an error wrapping ErrPanic).
 func (h *Handler) Handle(ctx context.Context, data []byte, hdr nats.Header) ([]byte, Decision) {
-	start := h.cfg.Now()
+	start := time.Now()
+	var d Decision
 	if err := ctx.Err(); err != nil {
 		// Queued past its deadline: the server has given up on it, so spend nothing on it.
-		d := Decision{Result: ResultDropped, Reason: ReasonDeadline, Err: err}
+		d.Result, d.Reason, d.Err = ResultDropped, ReasonDeadline, err
 		h.record(d)
 		return nil, d
 	}
-	reply, d := h.decide(ctx, data, hdr)
+	reply := h.decideSafely(ctx, data, hdr, &d)
 	if reply != nil && ctx.Err() != nil {
 		// The server has given up on this request by now; a late answer is useless.
 		reply, d.Result, d.Reason, d.Err = nil, ResultDropped, ReasonDeadline, ctx.Err()
@@ -147,19 +153,42 @@ func (h *Handler) Handle(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	return reply, d
 }
 
-func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]byte, Decision) {
-	var d Decision
-	req, reason, err := h.openRequest(data, hdr, &d)
+// panicError is a recovered panic with the stack it happened on.
+type panicError struct {
+	value string
+	stack []byte
+}
+
+func (p *panicError) Error() string { return "panic: " + p.value }
+
+func (p *panicError) Unwrap() error { return ErrPanic }
+
+// decideSafely is decide with a panic turned into a dropped request: a request that trips a bug
+// costs that request, never the sidecar (and with it every login its server sends).
+func (h *Handler) decideSafely(ctx context.Context, data []byte, hdr nats.Header, d *Decision) (reply []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			// What d learned before the panic (user nkey, server, identity) stays for the log.
+			reply = nil
+			d.Result, d.Reason = ResultDropped, ReasonInternal
+			d.Err = &panicError{value: fmt.Sprint(v), stack: debug.Stack()}
+		}
+	}()
+	return h.decide(ctx, data, hdr, d)
+}
+
+func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header, d *Decision) []byte {
+	req, reason, err := h.openRequest(data, hdr, d)
 	if err != nil {
 		d.Result, d.Reason, d.Err = ResultDropped, reason, err
-		return nil, d
+		return nil
 	}
-	userJWT, reason, err := h.grant(ctx, req, &d)
+	userJWT, reason, err := h.grant(ctx, req, d)
 	switch {
 	case reason == ReasonNotReady:
 		// Let a peer whose cache is complete answer instead of refusing a valid client.
 		d.Result, d.Reason, d.Err = ResultDropped, reason, err
-		return nil, d
+		return nil
 	case err != nil:
 		d.Result, d.Reason, d.Err = ResultDenied, reason, err
 		// The server logs this text; the client only sees "Authorization Violation".
@@ -170,9 +199,9 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header) ([]b
 	reply, rerr := req.respond(userJWT, err)
 	if rerr != nil {
 		d.Result, d.Reason, d.Err = ResultDropped, ReasonInternal, rerr
-		return nil, d
+		return nil
 	}
-	return reply, d
+	return reply
 }
 
 // request is an authorization request that opened, decoded and checked out, with what its
@@ -381,6 +410,11 @@ func (h *Handler) record(d Decision) {
 	level := slog.LevelInfo
 	if d.Result == ResultDropped {
 		level = slog.LevelWarn
+	}
+	if p, ok := errors.AsType[*panicError](d.Err); ok {
+		// A bug: the stack says where (it holds addresses, never a token's or key's bytes).
+		attrs = append(attrs, slog.String("stack", string(p.stack)))
+		level = slog.LevelError
 	}
 	h.log.LogAttrs(context.Background(), level, "callout decision", attrs...)
 }

@@ -1,0 +1,289 @@
+package callout_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	natsjwt "github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
+)
+
+// rigNow is the handler's clock in a rig: fixed, so that a request built once (a fuzz corpus
+// file) stays unexpired.
+var rigNow = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// rigToken is the only token a rig's verifier accepts.
+const rigToken = "rig-token"
+
+// rig is a Handler on stub token and policy sources, with the keys of the nats-server that
+// sends it requests; no NATS connection, no Kubernetes. Its keys come from fixed seeds, so the
+// requests it builds verify against every rig.
+type rig struct {
+	t       testing.TB
+	h       *callout.Handler
+	issuer  nkeys.KeyPair // auth_callout.issuer
+	server  nkeys.KeyPair // the nats-server's nkey
+	serverX nkeys.KeyPair // the nats-server's curve key
+	xkey    nkeys.KeyPair // the service's curve key (auth_callout.xkey), nil when not set
+	reg     *prometheus.Registry
+	logs    *testsupport.LogBuffer
+}
+
+type rigOptions struct {
+	encrypted bool
+	// verify replaces the stub verifier (which accepts rigToken only).
+	verify func(ctx context.Context, token string) (kube.Identity, error)
+	// policy replaces the stub policy source.
+	policy func(id kube.Identity) (kube.Policy, error)
+}
+
+type funcVerifier func(ctx context.Context, token string) (kube.Identity, error)
+
+func (f funcVerifier) Verify(ctx context.Context, token string) (kube.Identity, error) {
+	return f(ctx, token)
+}
+
+type funcPolicies func(id kube.Identity) (kube.Policy, error)
+
+func (f funcPolicies) Policy(id kube.Identity) (kube.Policy, error) { return f(id) }
+
+// fixedKey makes the key pair of type prefix from a seed of b bytes.
+func fixedKey(t testing.TB, prefix nkeys.PrefixByte, b byte) nkeys.KeyPair {
+	t.Helper()
+	kp, err := nkeys.CreatePairWithRand(prefix, bytes.NewReader(bytes.Repeat([]byte{b}, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp
+}
+
+func newRig(t testing.TB, o rigOptions) *rig {
+	t.Helper()
+	r := &rig{
+		t: t, reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{},
+		issuer:  fixedKey(t, nkeys.PrefixByteAccount, 1),
+		server:  fixedKey(t, nkeys.PrefixByteServer, 2),
+		serverX: fixedKey(t, nkeys.PrefixByteCurve, 3),
+	}
+	var xk *callout.XKey
+	if o.encrypted {
+		r.xkey = fixedKey(t, nkeys.PrefixByteCurve, 4)
+		var err error
+		if xk, err = callout.ParseXKey(seed(t, r.xkey)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.verify == nil {
+		o.verify = func(_ context.Context, token string) (kube.Identity, error) {
+			if token != rigToken {
+				return kube.Identity{}, kube.ErrBadSignature
+			}
+			return kube.Identity{Namespace: "ns", Name: "app", UID: "uid-1", Expiry: rigNow.Add(time.Hour)}, nil
+		}
+	}
+	if o.policy == nil {
+		o.policy = func(id kube.Identity) (kube.Policy, error) {
+			return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{id.Namespace + ".>"}, SubAllow: []string{id.Namespace + ".>"}}}, nil
+		}
+	}
+	h, err := callout.NewHandler(callout.HandlerConfig{
+		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy),
+		SigningKeys: fixedRing(t, r.issuer),
+		XKey:        func() *callout.XKey { return xk },
+		Account:     "APP",
+		Logger:      slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:     callout.NewMetrics(r.reg),
+		Now:         func() time.Time { return rigNow },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.h = h
+	return r
+}
+
+// claims is a request as the rig's nats-server sends it, for a client with rigToken.
+func (r *rig) claims() *natsjwt.AuthorizationRequestClaims {
+	rc := natsjwt.NewAuthorizationRequestClaims(pub(r.t, r.issuer))
+	rc.Audience = "nats-authorization-request"
+	rc.UserNkey = pub(r.t, fixedKey(r.t, nkeys.PrefixByteUser, 5))
+	rc.Server = natsjwt.ServerID{Name: "nats-0", ID: pub(r.t, r.server)}
+	rc.ClientInformation.Host = "10.0.0.7"
+	rc.ConnectOptions.Token = rigToken
+	// Unexpired for the rig's clock and for the JWT library's, which reads the real one.
+	rc.Expires = rigNow.AddDate(100, 0, 0).Unix()
+	if r.xkey != nil {
+		rc.Server.XKey = pub(r.t, r.serverX)
+	}
+	return rc
+}
+
+// request signs rc with the server's key and, when the rig is encrypted, seals it to the
+// service's xkey with the header nats-server adds.
+func (r *rig) request(rc *natsjwt.AuthorizationRequestClaims) ([]byte, nats.Header) {
+	r.t.Helper()
+	tok, err := rc.Encode(r.server)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if r.xkey == nil {
+		return []byte(tok), nats.Header{}
+	}
+	sealed, err := r.serverX.Seal([]byte(tok), pub(r.t, r.xkey))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(r.t, r.serverX)}}
+}
+
+// response opens (when sealed) and decodes a reply, and checks that it is a response the
+// server would take: signed by the issuer, for the server, naming a user nkey, carrying either
+// a user JWT or an error.
+func (r *rig) response(reply []byte) (*natsjwt.AuthorizationResponseClaims, error) {
+	if r.xkey != nil && bytes.HasPrefix(reply, []byte("xkv1")) {
+		opened, err := r.serverX.Open(reply, pub(r.t, r.xkey))
+		if err != nil {
+			return nil, err
+		}
+		reply = opened
+	}
+	rc, err := natsjwt.DecodeAuthorizationResponseClaims(string(reply))
+	switch {
+	case err != nil:
+		return nil, err
+	case rc.Issuer != pub(r.t, r.issuer):
+		return nil, errors.New("response not signed by the issuer")
+	case rc.Audience != pub(r.t, r.server):
+		return nil, errors.New("response not for the server")
+	case !nkeys.IsValidPublicUserKey(rc.Subject):
+		return nil, errors.New("response names no user nkey")
+	case (rc.Jwt == "") == (rc.Error == ""):
+		return nil, errors.New("response carries neither or both of a user JWT and an error")
+	}
+	return rc, nil
+}
+
+// count reads nats_callout_requests_total{result,reason}.
+func (r *rig) count(result, reason string) float64 {
+	r.t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "nats_callout_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["result"] == result && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func TestRigAnswersWellFormedRequests(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		r := newRig(t, rigOptions{encrypted: encrypted})
+		data, hdr := r.request(r.claims())
+		reply, d := r.h.Handle(context.Background(), data, hdr)
+		if d.Result != callout.ResultAllowed {
+			t.Fatalf("encrypted=%v: %s (%s: %v), want allowed", encrypted, d.Result, d.Reason, d.Err)
+		}
+		if rc, err := r.response(reply); err != nil || rc.Jwt == "" {
+			t.Fatalf("encrypted=%v: response %v, want a user JWT", encrypted, err)
+		}
+	}
+}
+
+// A panic while deciding one request costs that request only: it is dropped, counted as
+// internal_error and logged with its stack, and the handler answers the next one.
+func TestPanicDropsTheRequestOnly(t *testing.T) {
+	r := newRig(t, rigOptions{policy: func(id kube.Identity) (kube.Policy, error) {
+		if id.Name == "app" {
+			var m map[string]int
+			m["boom"]++ // a nil map write: a bug reachable from one request
+		}
+		return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{"x"}, SubAllow: []string{"x"}}}, nil
+	}})
+	data, hdr := r.request(r.claims())
+	reply, d := r.h.Handle(context.Background(), data, hdr)
+	if reply != nil || d.Result != callout.ResultDropped || d.Reason != callout.ReasonInternal || !errors.Is(d.Err, callout.ErrPanic) {
+		t.Fatalf("got %s (%s: %v), reply %d bytes; want dropped as %s (panic)", d.Result, d.Reason, d.Err, len(reply), callout.ReasonInternal)
+	}
+	if got := r.count(callout.ResultDropped, callout.ReasonInternal); got != 1 {
+		t.Errorf("requests_total{dropped,internal_error} = %v, want 1", got)
+	}
+	logs := r.logs.String()
+	line := grepLines(logs, `"reason":"internal_error"`)
+	for _, want := range []string{`"level":"ERROR"`, `"msg":"callout decision"`, "assignment to entry in nil map", `"stack":"goroutine`, "request_test.go", `"user_nkey":"U`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("decision log lacks %s:\n%s", want, line)
+		}
+	}
+	if strings.Contains(logs, rigToken) || strings.Contains(logs, string(seed(t, r.issuer))) {
+		t.Errorf("the token or a seed appears in the log:\n%s", logs)
+	}
+
+	// The same handler answers a request that does not reach the bug.
+	rc := r.claims()
+	rc.ConnectOptions.Token = "another"
+	data, hdr = r.request(rc)
+	if reply, d := r.h.Handle(context.Background(), data, hdr); reply == nil || d.Result != callout.ResultDenied {
+		t.Fatalf("after the panic: %s (%s: %v), want denied with a reply", d.Result, d.Reason, d.Err)
+	}
+}
+
+// panickyVerifier panics for one token and passes the others on.
+type panickyVerifier struct {
+	next  callout.TokenVerifier
+	token string
+}
+
+func (p panickyVerifier) Verify(ctx context.Context, token string) (kube.Identity, error) {
+	if token == p.token {
+		panic("verifier bug")
+	}
+	return p.next.Verify(ctx, token)
+}
+
+// The sidecar outlives a request that panics: its client gets no answer, the next client is
+// admitted on the same connection.
+func TestServiceSurvivesPanic(t *testing.T) {
+	w := newWorld(t)
+	k := newKeys(t, false)
+	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 1})
+	const bad = "token-that-trips-a-bug"
+	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer),
+		verifier: panickyVerifier{next: w.verifier, token: bad}, requestTimeout: 800 * time.Millisecond})
+	sc.waitReady()
+	good := w.token("shop", "api")
+
+	if nc, err := nats.Connect(srv.url(), nats.Token(bad), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("the request that panicked was admitted")
+	}
+	mustConnect(t, srv.url(), good)
+	if got := sc.metric("nats_callout_requests_total", "result", callout.ResultDropped, "reason", callout.ReasonInternal); got != 1 {
+		t.Errorf("requests_total{dropped,internal_error} = %v, want 1", got)
+	}
+	if !strings.Contains(w.logs.String(), "panic: verifier bug") {
+		t.Errorf("no log of the panic:\n%s", lastLines(w.logs.String(), 5))
+	}
+}
