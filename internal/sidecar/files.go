@@ -15,7 +15,7 @@ import (
 // files are the mounted credentials the service runs with, each reloaded when its Secret or
 // ConfigMap changes. Unset optional files read as nil.
 type files struct {
-	signingKeys *reload.File[*callout.KeyRing]
+	signingKeys func() *callout.KeyRing
 	xkey        func() *callout.XKey
 	creds       func() *callout.Credentials
 	// Operator mode only.
@@ -50,36 +50,22 @@ func (c *changes) note(creds bool) {
 // loadFiles reads and registers every credential file of c. A missing or unparsable file
 // stops start-up with an error naming its setting.
 func loadFiles(c settings.Serve, w *reload.Watcher, log *slog.Logger) (*files, error) {
-	f := &files{changes: newChanges(), xkey: func() *callout.XKey { return nil }, creds: func() *callout.Credentials { return nil }}
+	f := &files{changes: newChanges()}
 	var err error
-	f.signingKeys, err = reload.Add(w, "signing_key", c.SigningKeyFile, callout.ParseSigningKeys, func(k *callout.KeyRing) {
-		log.Info("signing keys reloaded", "issuers", k)
-		f.changes.note(false)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("NATS_SIGNING_KEY_FILE: %w", err)
+	if f.signingKeys, err = mount(w, f.changes, "NATS_SIGNING_KEY_FILE", "signing_key", c.SigningKeyFile, callout.ParseSigningKeys,
+		func(k *callout.KeyRing) { log.Info("signing keys reloaded", "issuers", k) }); err != nil {
+		return nil, err
 	}
-	f.targetKeys = f.signingKeys.Current
-	if c.XKeyFile != "" {
-		x, err := reload.Add(w, "xkey", c.XKeyFile, callout.ParseXKey, func(x *callout.XKey) {
-			log.Info("xkey reloaded", "xkey", x)
-			f.changes.note(false)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("NATS_XKEY_FILE: %w", err)
-		}
-		f.xkey = x.Current
+	f.targetKeys = f.signingKeys
+	if f.xkey, err = mount(w, f.changes, "NATS_XKEY_FILE", "xkey", c.XKeyFile, callout.ParseXKey,
+		func(x *callout.XKey) { log.Info("xkey reloaded", "xkey", x) }); err != nil {
+		return nil, err
 	}
-	if c.CredsFile != "" {
-		cr, err := reload.Add(w, "creds", c.CredsFile, callout.ParseCredentials, func(cr *callout.Credentials) {
-			log.Info("NATS credentials reloaded", "user", cr)
-			f.changes.note(true)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("NATS_CREDS_FILE: %w", err)
-		}
-		f.creds = cr.Current
+	if f.creds, err = mount(w, f.changes, "NATS_CREDS_FILE", "creds", c.CredsFile, callout.ParseCredentials,
+		func(cr *callout.Credentials) { log.Info("NATS credentials reloaded", "user", cr) }); err != nil {
+		return nil, err
 	}
+	f.calloutJWT, f.targetJWT = none[*jwt.AccountClaims], none[*jwt.AccountClaims]
 	if c.Operator() {
 		if err := f.loadOperatorFiles(c, w, log); err != nil {
 			return nil, err
@@ -90,41 +76,54 @@ func loadFiles(c settings.Serve, w *reload.Watcher, log *slog.Logger) (*files, e
 
 // loadOperatorFiles reads operator mode's target signing key and the account JWTs.
 func (f *files) loadOperatorFiles(c settings.Serve, w *reload.Watcher, log *slog.Logger) error {
-	if c.TargetSigningKeyFile != "" && c.TargetSigningKeyFile != c.SigningKeyFile {
-		k, err := reload.Add(w, "target_signing_key", c.TargetSigningKeyFile, callout.ParseSigningKeys, func(k *callout.KeyRing) {
-			log.Info("target account signing keys reloaded", "keys", k)
-			f.changes.note(false)
-		})
-		if err != nil {
-			return fmt.Errorf("NATS_TARGET_SIGNING_KEY_FILE: %w", err)
-		}
-		f.targetKeys = k.Current
-	}
-	accountJWT := func(name, path, setting string) (func() *jwt.AccountClaims, error) {
-		if path == "" {
-			return func() *jwt.AccountClaims { return nil }, nil
-		}
-		a, err := reload.Add(w, name, path, callout.ParseAccountJWT, func(ac *jwt.AccountClaims) {
-			log.Info("account JWT reloaded", "file", name, "account", ac.Subject, "signing_keys", len(ac.SigningKeys))
-			f.changes.note(false)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", setting, err)
-		}
-		return a.Current, nil
-	}
 	var err error
-	if f.calloutJWT, err = accountJWT("callout_account_jwt", c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE"); err != nil {
+	if c.TargetSigningKeyFile != "" && c.TargetSigningKeyFile != c.SigningKeyFile {
+		if f.targetKeys, err = mount(w, f.changes, "NATS_TARGET_SIGNING_KEY_FILE", "target_signing_key", c.TargetSigningKeyFile,
+			callout.ParseSigningKeys, func(k *callout.KeyRing) { log.Info("target account signing keys reloaded", "keys", k) }); err != nil {
+			return err
+		}
+	}
+	accountJWT := func(name string) func(*jwt.AccountClaims) {
+		return func(ac *jwt.AccountClaims) {
+			log.Info("account JWT reloaded", "file", name, "account", ac.Subject, "signing_keys", len(ac.SigningKeys))
+		}
+	}
+	if f.calloutJWT, err = mount(w, f.changes, "NATS_CALLOUT_ACCOUNT_JWT_FILE", "callout_account_jwt", c.CalloutAccountJWTFile,
+		callout.ParseAccountJWT, accountJWT("callout_account_jwt")); err != nil {
 		return err
 	}
-	f.targetJWT, err = accountJWT("target_account_jwt", c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE")
+	f.targetJWT, err = mount(w, f.changes, "NATS_TARGET_ACCOUNT_JWT_FILE", "target_account_jwt", c.TargetAccountJWTFile,
+		callout.ParseAccountJWT, accountJWT("target_account_jwt"))
 	return err
+}
+
+// mount registers the file of a setting with the watcher and returns its current value; a
+// setting left empty reads as the zero value. Each reloaded value is logged by logReload and
+// noted for the run loop (the creds file as a credential change).
+func mount[T any](w *reload.Watcher, ch *changes, setting, name, path string, parse func([]byte) (T, error), logReload func(T)) (func() T, error) {
+	if path == "" {
+		return none[T], nil
+	}
+	f, err := reload.Add(w, name, path, parse, func(v T) {
+		logReload(v)
+		ch.note(name == "creds")
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	return f.Current, nil
+}
+
+// none is the value of a file that is not configured.
+func none[T any]() T {
+	var zero T
+	return zero
 }
 
 // operatorSetup is what operator mode's cross-check reads, from the files now in use.
 func (f *files) operatorSetup(account string) callout.OperatorSetup {
 	return callout.OperatorSetup{
-		Credentials: f.creds(), SigningKeys: f.signingKeys.Current(), TargetAccount: account,
+		Credentials: f.creds(), SigningKeys: f.signingKeys(), TargetAccount: account,
 		TargetKeys: f.targetKeys(), XKey: f.xkey(), CalloutAccountJWT: f.calloutJWT(), TargetAccountJWT: f.targetJWT(),
 	}
 }

@@ -45,7 +45,7 @@ func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, sv
 		}},
 		{"nats", svc.Ready},
 		{"signing_key", func() error {
-			if len(f.signingKeys.Current().PublicKeys()) == 0 {
+			if len(f.signingKeys().PublicKeys()) == 0 {
 				return errors.New("no signing key loaded")
 			}
 			return nil

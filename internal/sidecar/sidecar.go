@@ -113,7 +113,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	metrics := callout.NewMetrics(reg)
 	handler, err := callout.NewHandler(callout.HandlerConfig{
-		Verifier: verifier, Policies: s.store, SigningKeys: s.files.signingKeys.Current, XKey: s.files.xkey,
+		Verifier: verifier, Policies: s.store, SigningKeys: s.files.signingKeys, XKey: s.files.xkey,
 		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics, Operator: operator,
 	})
 	if err != nil {
@@ -133,7 +133,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 		}
 	}
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
-		"issuers", s.files.signingKeys.Current(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
+		"issuers", s.files.signingKeys(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
 		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
 	return s, nil
 }
