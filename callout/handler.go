@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,9 +18,6 @@ import (
 
 // Subject is where nats-server sends auth callout requests, in the callout account.
 const Subject = "$SYS.REQ.USER.AUTH"
-
-// xkeyHeader carries the server's curve public key on an encrypted request.
-const xkeyHeader = "Nats-Server-Xkey"
 
 // unknownIssuerLogPeriod is the least time between two logs of the same unknown issuer.
 const unknownIssuerLogPeriod = time.Minute
@@ -204,75 +200,6 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header, d *D
 	return reply
 }
 
-// request is an authorization request that opened, decoded and checked out, with what its
-// response is signed and sealed with.
-type request struct {
-	claims *jwt.AuthorizationRequestClaims
-	// serverXKey is the server's curve key when the request came encrypted; xk is ours.
-	serverXKey string
-	xk         *XKey
-	// signer is the issuer account key the server expects the response to be signed with.
-	signer        nkeys.KeyPair
-	issuerAccount string
-}
-
-// openRequest decrypts, decodes and checks a request; an error means it must be dropped, for
-// the returned reason. What it learns about the request goes into d as soon as it is known.
-func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*request, string, error) {
-	r := &request{serverXKey: hdr.Get(xkeyHeader), xk: h.cfg.XKey()}
-	// Encrypted requests carry the server's curve key in a header and are sealed to ours.
-	if r.serverXKey != "" {
-		if r.xk == nil {
-			return nil, ReasonEncryption, fmt.Errorf("%w: the server encrypts callouts (auth_callout.xkey) but no xkey is configured (NATS_XKEY_FILE)", ErrEncryption)
-		}
-		opened, err := r.xk.kp.Open(data, r.serverXKey)
-		if err != nil {
-			return nil, ReasonEncryption, fmt.Errorf("%w: cannot open the sealed request with xkey %s: %w", ErrEncryption, r.xk.pub, err)
-		}
-		data = opened
-	}
-	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
-	if err != nil {
-		return nil, ReasonBadRequest, fmt.Errorf("%w: %w", ErrBadRequest, err)
-	}
-	r.claims = req
-	d.UserNkey = req.UserNkey
-	d.Server = req.Server.Name
-	d.Client = req.ClientInformation.Host
-	if err := checkRequest(req, r.serverXKey, h.cfg.Now()); err != nil {
-		return nil, ReasonBadRequest, err
-	}
-	var ok bool
-	if r.signer, r.issuerAccount, ok = h.responseSigner(req.Subject); !ok {
-		have := h.heldIssuers()
-		h.noteUnknownIssuer(req.Subject, have)
-		return nil, ReasonUnknownIssuer, fmt.Errorf("%w: server %q expects issuer %s, the service holds %s",
-			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(have, ","))
-	}
-	return r, "", nil
-}
-
-// respond signs the response (the user JWT, or the denial) and seals it when the request
-// came sealed.
-func (r *request) respond(userJWT string, denial error) ([]byte, error) {
-	rc := jwt.NewAuthorizationResponseClaims(r.claims.UserNkey)
-	rc.Audience = r.claims.Server.ID
-	rc.IssuerAccount = r.issuerAccount
-	if denial != nil {
-		rc.Error = denial.Error()
-	} else {
-		rc.Jwt = userJWT
-	}
-	tok, err := rc.Encode(r.signer)
-	if err != nil {
-		return nil, err
-	}
-	if r.serverXKey == "" {
-		return []byte(tok), nil
-	}
-	return r.xk.kp.Seal([]byte(tok), r.claims.Server.XKey)
-}
-
 // grant verifies the client's token, looks its ServiceAccount up and builds the user JWT. An
 // error comes with the reason the client is refused (ReasonNotReady: no answer yet).
 func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, string, error) {
@@ -314,31 +241,6 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		return "", ReasonInternal, err
 	}
 	return userJWT, "", nil
-}
-
-// checkRequest applies the checks jwt decoding leaves out: expiry, issuer and audience.
-func checkRequest(req *jwt.AuthorizationRequestClaims, serverXKey string, now time.Time) error {
-	vr := jwt.CreateValidationResults()
-	req.Validate(vr)
-	if errs := vr.Errors(); len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrBadRequest, errs[0])
-	}
-	if req.Expires > 0 && now.Unix() > req.Expires {
-		return fmt.Errorf("%w: expired", ErrBadRequest)
-	}
-	if !nkeys.IsValidPublicServerKey(req.Issuer) || req.Issuer != req.Server.ID {
-		return fmt.Errorf("%w: issuer %q is not the sending server %q", ErrBadRequest, req.Issuer, req.Server.ID)
-	}
-	if req.Audience != "nats-authorization-request" {
-		return fmt.Errorf("%w: audience %q", ErrBadRequest, req.Audience)
-	}
-	if !nkeys.IsValidPublicAccountKey(req.Subject) {
-		return fmt.Errorf("%w: subject %q is not an account key", ErrBadRequest, req.Subject)
-	}
-	if serverXKey != "" && req.Server.XKey != serverXKey {
-		return fmt.Errorf("%w: the %s header does not match the signed server xkey", ErrEncryption, xkeyHeader)
-	}
-	return nil
 }
 
 // userJWT builds and signs the user's JWT. Permissions are always explicit: a user JWT without

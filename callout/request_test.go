@@ -212,6 +212,44 @@ func TestRigAnswersWellFormedRequests(t *testing.T) {
 	}
 }
 
+// craftedCurveKey is a string that passes for a curve public key (prefix X, valid checksum)
+// but encodes n key bytes instead of 32.
+func craftedCurveKey(t testing.TB, n int) string {
+	t.Helper()
+	k, err := nkeys.Encode(nkeys.PrefixByteCurve, bytes.Repeat([]byte{7}, n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(k)
+}
+
+// A Nats-Server-Xkey header the curve key decoder cannot hold used to make nkeys index out
+// of range while opening the request, killing the process.
+func TestCraftedXKeyHeaderIsDropped(t *testing.T) {
+	r := newRig(t, rigOptions{encrypted: true})
+	sealedLike := append([]byte("xkv1"), bytes.Repeat([]byte{0}, 64)...)
+	for name, hdr := range map[string]string{
+		"58 base32 characters":               strings.Repeat("A", 58),
+		"100 base32 characters":              strings.Repeat("X", 100),
+		"valid checksum, 33 key bytes":       craftedCurveKey(t, 33),
+		"valid checksum, 31 key bytes":       craftedCurveKey(t, 31),
+		"an account key":                     pub(t, r.issuer),
+		"not base32":                         "X!!",
+		"a valid curve key, body not sealed": pub(t, r.serverX),
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := r.count(callout.ResultDropped, callout.ReasonEncryption)
+			reply, d := r.h.Handle(context.Background(), sealedLike, nats.Header{"Nats-Server-Xkey": []string{hdr}})
+			if reply != nil || d.Result != callout.ResultDropped || d.Reason != callout.ReasonEncryption {
+				t.Errorf("got %s (%s: %v), reply %d bytes; want dropped as %s", d.Result, d.Reason, d.Err, len(reply), callout.ReasonEncryption)
+			}
+			if got := r.count(callout.ResultDropped, callout.ReasonEncryption); got != before+1 {
+				t.Errorf("requests_total{dropped,%s} went from %v to %v, want +1", callout.ReasonEncryption, before, got)
+			}
+		})
+	}
+}
+
 // A panic while deciding one request costs that request only: it is dropped, counted as
 // internal_error and logged with its stack, and the handler answers the next one.
 func TestPanicDropsTheRequestOnly(t *testing.T) {
@@ -285,5 +323,50 @@ func TestServiceSurvivesPanic(t *testing.T) {
 	}
 	if !strings.Contains(w.logs.String(), "panic: verifier bug") {
 		t.Errorf("no log of the panic:\n%s", lastLines(w.logs.String(), 5))
+	}
+}
+
+// With an xkey configured every request must come sealed, with the server's key in the header
+// equal to the signed one; anything else is dropped as encryption_mismatch.
+func TestEncryptionRules(t *testing.T) {
+	r := newRig(t, rigOptions{encrypted: true})
+	plain, err := r.claims().Encode(r.server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fixedKey(t, nkeys.PrefixByteCurve, 9)
+	sealedByOther, err := other.Seal([]byte(plain), pub(t, r.xkey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		data []byte
+		hdr  nats.Header
+	}{
+		"plaintext":                      {[]byte(plain), nil},
+		"plaintext with an empty header": {[]byte(plain), nats.Header{"Nats-Server-Xkey": []string{""}}},
+		// Sealed by another curve key, which the header names: it opens, but the server that
+		// signed the request named its own key.
+		"header differs from the signed xkey": {sealedByOther, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := r.count(callout.ResultDropped, callout.ReasonEncryption)
+			reply, d := r.h.Handle(context.Background(), c.data, c.hdr)
+			if reply != nil || d.Result != callout.ResultDropped || d.Reason != callout.ReasonEncryption {
+				t.Errorf("got %s (%s: %v), reply %d bytes; want dropped as %s", d.Result, d.Reason, d.Err, len(reply), callout.ReasonEncryption)
+			}
+			if got := r.count(callout.ResultDropped, callout.ReasonEncryption); got != before+1 {
+				t.Errorf("requests_total{dropped,%s} went from %v to %v, want +1", callout.ReasonEncryption, before, got)
+			}
+		})
+	}
+
+	// Without an xkey, a sealed request is a mismatch too, and plaintext is answered.
+	r = newRig(t, rigOptions{})
+	if _, d := r.h.Handle(context.Background(), sealedByOther, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}); d.Reason != callout.ReasonEncryption {
+		t.Errorf("sealed request without an xkey: %s (%s: %v), want dropped as %s", d.Result, d.Reason, d.Err, callout.ReasonEncryption)
+	}
+	if reply, d := r.h.Handle(context.Background(), []byte(plain), nil); d.Result != callout.ResultAllowed || reply == nil {
+		t.Errorf("plaintext request without an xkey: %s (%s: %v), want allowed", d.Result, d.Reason, d.Err)
 	}
 }
