@@ -181,8 +181,9 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header, d *D
 	}
 	userJWT, reason, err := h.grant(ctx, req, d)
 	switch {
-	case reason == ReasonNotReady:
-		// Let a peer whose cache is complete answer instead of refusing a valid client.
+	case reason == ReasonNotReady, reason == ReasonDeadline:
+		// not_ready: let a peer whose cache is complete answer instead of refusing a valid
+		// client. deadline_exceeded: the server has given up waiting; signing is wasted work.
 		d.Result, d.Reason, d.Err = ResultDropped, reason, err
 		return nil
 	case err != nil:
@@ -201,13 +202,19 @@ func (h *Handler) decide(ctx context.Context, data []byte, hdr nats.Header, d *D
 }
 
 // grant verifies the client's token, looks its ServiceAccount up and builds the user JWT. An
-// error comes with the reason the client is refused (ReasonNotReady: no answer yet).
+// error comes with the reason the client is refused (ReasonNotReady, ReasonDeadline: no
+// answer).
 func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, string, error) {
 	req := r.claims
 	token := req.ConnectOptions.Token
 	if token == "" {
 		// Clients that only speak user/password can send the token as the password.
 		token = req.ConnectOptions.Password
+	}
+	// The deadline is looked at before each expensive step: once it has passed the server has
+	// given up on the request, and further work only delays other logins.
+	if err := ctx.Err(); err != nil {
+		return "", ReasonDeadline, err
 	}
 	id, err := h.cfg.Verifier.Verify(ctx, token)
 	if err != nil {
@@ -218,6 +225,9 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		// Within the verifier's clock-skew leeway, but a user JWT must never outlive the token.
 		return "", ReasonExpired, fmt.Errorf("%w: token expires at %s", kube.ErrExpired, id.Expiry.UTC().Format(time.RFC3339))
 	}
+	if err := ctx.Err(); err != nil {
+		return "", ReasonDeadline, err
+	}
 	pol, err := h.cfg.Policies.Policy(id)
 	if errors.Is(err, kube.ErrNotSynced) {
 		return "", ReasonNotReady, err
@@ -226,6 +236,9 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		return "", reasonOf(err), err
 	}
 	d.Warnings = pol.Warnings
+	if err := ctx.Err(); err != nil {
+		return "", ReasonDeadline, err
+	}
 
 	// Server-config mode: the response's key signs the user JWT too.
 	signer, issuerAccount := r.signer, ""

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,12 @@ type rig struct {
 
 type rigOptions struct {
 	encrypted bool
+	// operator runs the handler in operator mode: the issuer is the callout account, and
+	// user JWTs are signed by another account's key.
+	operator bool
+	// onKeys, if set, is called whenever the handler reads its keys: "signing" (the response's)
+	// or, in operator mode, "target" (the user JWT's).
+	onKeys func(which string)
 	// verify replaces the stub verifier (which accepts rigToken only).
 	verify func(ctx context.Context, token string) (kube.Identity, error)
 	// policy replaces the stub policy source.
@@ -97,15 +104,29 @@ func newRig(t testing.TB, o rigOptions) *rig {
 			return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{id.Namespace + ".>"}, SubAllow: []string{id.Namespace + ".>"}}}, nil
 		}
 	}
-	h, err := callout.NewHandler(callout.HandlerConfig{
+	if o.onKeys == nil {
+		o.onKeys = func(string) {}
+	}
+	signing := fixedRing(t, r.issuer)
+	cfg := callout.HandlerConfig{
 		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy),
-		SigningKeys: fixedRing(t, r.issuer),
+		SigningKeys: func() *callout.KeyRing { o.onKeys("signing"); return signing() },
 		XKey:        func() *callout.XKey { return xk },
 		Account:     "APP",
 		Logger:      slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Metrics:     callout.NewMetrics(r.reg),
 		Now:         func() time.Time { return rigNow },
-	})
+	}
+	if o.operator {
+		target := fixedKey(t, nkeys.PrefixByteAccount, 6)
+		targetRing := fixedRing(t, target)
+		cfg.Account = pub(t, target)
+		cfg.Operator = &callout.OperatorConfig{
+			CalloutAccount: func() string { return pub(t, r.issuer) },
+			TargetKeys:     func() *callout.KeyRing { o.onKeys("target"); return targetRing() },
+		}
+	}
+	h, err := callout.NewHandler(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,15 +220,15 @@ func (r *rig) count(result, reason string) float64 {
 }
 
 func TestRigAnswersWellFormedRequests(t *testing.T) {
-	for _, encrypted := range []bool{false, true} {
-		r := newRig(t, rigOptions{encrypted: encrypted})
+	for _, o := range []rigOptions{{}, {encrypted: true}, {operator: true}, {operator: true, encrypted: true}} {
+		r := newRig(t, o)
 		data, hdr := r.request(r.claims())
 		reply, d := r.h.Handle(context.Background(), data, hdr)
 		if d.Result != callout.ResultAllowed {
-			t.Fatalf("encrypted=%v: %s (%s: %v), want allowed", encrypted, d.Result, d.Reason, d.Err)
+			t.Fatalf("%+v: %s (%s: %v), want allowed", o, d.Result, d.Reason, d.Err)
 		}
 		if rc, err := r.response(reply); err != nil || rc.Jwt == "" {
-			t.Fatalf("encrypted=%v: response %v, want a user JWT", encrypted, err)
+			t.Fatalf("%+v: response %v, want a user JWT", o, err)
 		}
 	}
 }
@@ -368,5 +389,61 @@ func TestEncryptionRules(t *testing.T) {
 	}
 	if reply, d := r.h.Handle(context.Background(), []byte(plain), nil); d.Result != callout.ResultAllowed || reply == nil {
 		t.Errorf("plaintext request without an xkey: %s (%s: %v), want allowed", d.Result, d.Reason, d.Err)
+	}
+}
+
+// deadlineCtx is a context whose deadline passes when the test says so, in the middle of a step.
+type deadlineCtx struct {
+	context.Context
+	passed atomic.Bool
+}
+
+func (c *deadlineCtx) Err() error {
+	if c.passed.Load() {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// A request whose deadline passes is dropped before the next expensive step: token
+// verification, the policy lookup, building and signing the user JWT.
+func TestDeadlineStopsWork(t *testing.T) {
+	for _, pass := range []string{"opening the request", "token verification", "policy lookup"} {
+		t.Run("deadline passes during "+pass, func(t *testing.T) {
+			ctx := &deadlineCtx{Context: context.Background()}
+			var ran []string
+			step := func(name string) {
+				ran = append(ran, name)
+				if name == pass {
+					ctx.passed.Store(true)
+				}
+			}
+			r := newRig(t, rigOptions{
+				operator: true,
+				onKeys: func(which string) {
+					if which == "signing" {
+						step("opening the request")
+					} else {
+						step("user JWT")
+					}
+				},
+				verify: func(context.Context, string) (kube.Identity, error) {
+					step("token verification")
+					return kube.Identity{Namespace: "ns", Name: "app", UID: "uid-1", Expiry: rigNow.Add(time.Hour)}, nil
+				},
+				policy: func(kube.Identity) (kube.Policy, error) {
+					step("policy lookup")
+					return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{"x"}, SubAllow: []string{"x"}}}, nil
+				},
+			})
+			data, hdr := r.request(r.claims())
+			reply, d := r.h.Handle(ctx, data, hdr)
+			if reply != nil || d.Result != callout.ResultDropped || d.Reason != callout.ReasonDeadline {
+				t.Errorf("got %s (%s: %v), reply %d bytes; want dropped as %s", d.Result, d.Reason, d.Err, len(reply), callout.ReasonDeadline)
+			}
+			if ran[len(ran)-1] != pass {
+				t.Errorf("steps run: %q; want none after %q", ran, pass)
+			}
+		})
 	}
 }
