@@ -25,3 +25,10 @@ func (s *Service) ActiveUser() string {
 // SetDownReport sets how long a connection must be down before it is reported; call it
 // before Run.
 func (s *Service) SetDownReport(d time.Duration) { s.downReport = d }
+
+// UnknownIssuerLogEntries returns how many expected issuers the handler keeps a log time for.
+func (h *Handler) UnknownIssuerLogEntries() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.unknownIssuerLogs)
+}

@@ -167,7 +167,7 @@ func (h *Handler) decideSafely(ctx context.Context, data []byte, hdr nats.Header
 			// What d learned before the panic (user nkey, server, identity) stays for the log.
 			reply = nil
 			d.Result, d.Reason = ResultDropped, ReasonInternal
-			d.Err = &panicError{value: fmt.Sprint(v), stack: debug.Stack()}
+			d.Err = &panicError{value: clip(fmt.Sprint(v), maxLogText), stack: debug.Stack()}
 		}
 	}()
 	return h.decide(ctx, data, hdr, d)
@@ -307,20 +307,21 @@ func (h *Handler) record(d Decision) {
 		// The pod a bound token was issued for: which replica connected.
 		attrs = append(attrs, slog.String("pod", d.Identity.PodName))
 	}
+	// What comes from the request, or from a ServiceAccount's annotations, is bounded here.
 	if d.Server != "" {
-		attrs = append(attrs, slog.String("server", d.Server))
+		attrs = append(attrs, slog.String("server", clipValue(d.Server)))
 	}
 	if d.Client != "" {
-		attrs = append(attrs, slog.String("client_host", d.Client))
+		attrs = append(attrs, slog.String("client_host", clipValue(d.Client)))
 	}
 	if d.UserNkey != "" {
-		attrs = append(attrs, slog.String("user_nkey", d.UserNkey))
+		attrs = append(attrs, slog.String("user_nkey", clipValue(d.UserNkey)))
 	}
 	if len(d.Warnings) > 0 {
-		attrs = append(attrs, slog.Any("warnings", d.Warnings))
+		attrs = append(attrs, slog.Any("warnings", clipWarnings(d.Warnings)))
 	}
 	if d.Err != nil {
-		attrs = append(attrs, slog.String("error", d.Err.Error()))
+		attrs = append(attrs, slog.String("error", clip(d.Err.Error(), maxLogText)))
 	}
 	level := slog.LevelInfo
 	if d.Result == ResultDropped {

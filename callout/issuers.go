@@ -31,14 +31,27 @@ func (h *Handler) heldIssuers() []string {
 	return []string{h.cfg.Operator.CalloutAccount()}
 }
 
+// maxUnknownIssuerLogs bounds the expected issuers whose last log time is remembered. Whoever
+// can publish callout requests can name a new issuer in each: past this many within a minute,
+// further new ones are counted (unknown_issuer) but not logged until older entries expire.
+const maxUnknownIssuerLogs = 64
+
 // noteUnknownIssuer remembers the misconfiguration for readiness and logs it at most once a
-// minute per expected issuer.
+// minute per expected issuer, for at most maxUnknownIssuerLogs issuers a minute.
 func (h *Handler) noteUnknownIssuer(want string, have []string) {
 	now := h.cfg.Now()
 	h.mu.Lock()
 	h.unknownIssuer, h.unknownIssuerAt = want, now
 	last, seen := h.unknownIssuerLogs[want]
-	logIt := !seen || now.Sub(last) >= unknownIssuerLogPeriod
+	if !seen && len(h.unknownIssuerLogs) >= maxUnknownIssuerLogs {
+		for k, at := range h.unknownIssuerLogs {
+			if now.Sub(at) >= unknownIssuerLogPeriod {
+				delete(h.unknownIssuerLogs, k)
+			}
+		}
+	}
+	logIt := seen && now.Sub(last) >= unknownIssuerLogPeriod ||
+		!seen && len(h.unknownIssuerLogs) < maxUnknownIssuerLogs
 	if logIt {
 		h.unknownIssuerLogs[want] = now
 	}

@@ -73,7 +73,7 @@ func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*reque
 		have := h.heldIssuers()
 		h.noteUnknownIssuer(req.Subject, have)
 		return nil, ReasonUnknownIssuer, fmt.Errorf("%w: server %q expects issuer %s, the service holds %s",
-			ErrUnknownIssuer, req.Server.Name, req.Subject, strings.Join(have, ","))
+			ErrUnknownIssuer, clipValue(req.Server.Name), req.Subject, strings.Join(have, ","))
 	}
 	return r, "", nil
 }
@@ -83,8 +83,13 @@ func validCurveKey(s string) bool {
 	return len(s) == curveKeyLen && nkeys.IsValidPublicCurveKey(s)
 }
 
-// checkRequest applies the checks jwt decoding leaves out: expiry, issuer and audience.
+// checkRequest applies the checks jwt decoding leaves out: expiry, issuer and audience. The
+// values its errors quote are clipped: they are the request's, of any length.
 func checkRequest(req *jwt.AuthorizationRequestClaims, now time.Time) error {
+	if !nkeys.IsValidPublicUserKey(req.UserNkey) {
+		// Before Validate, whose error would quote the value whole.
+		return fmt.Errorf("%w: user_nkey %q is not a user public key", ErrBadRequest, clipValue(req.UserNkey))
+	}
 	vr := jwt.CreateValidationResults()
 	req.Validate(vr)
 	if errs := vr.Errors(); len(errs) > 0 {
@@ -94,13 +99,13 @@ func checkRequest(req *jwt.AuthorizationRequestClaims, now time.Time) error {
 		return fmt.Errorf("%w: expired", ErrBadRequest)
 	}
 	if !nkeys.IsValidPublicServerKey(req.Issuer) || req.Issuer != req.Server.ID {
-		return fmt.Errorf("%w: issuer %q is not the sending server %q", ErrBadRequest, req.Issuer, req.Server.ID)
+		return fmt.Errorf("%w: issuer %q is not the sending server %q", ErrBadRequest, clipValue(req.Issuer), clipValue(req.Server.ID))
 	}
 	if req.Audience != "nats-authorization-request" {
-		return fmt.Errorf("%w: audience %q", ErrBadRequest, req.Audience)
+		return fmt.Errorf("%w: audience %q", ErrBadRequest, clipValue(req.Audience))
 	}
 	if !nkeys.IsValidPublicAccountKey(req.Subject) {
-		return fmt.Errorf("%w: subject %q is not an account key", ErrBadRequest, req.Subject)
+		return fmt.Errorf("%w: subject %q is not an account key", ErrBadRequest, clipValue(req.Subject))
 	}
 	return nil
 }

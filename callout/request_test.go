@@ -39,6 +39,8 @@ type rig struct {
 	xkey    nkeys.KeyPair // the service's curve key (auth_callout.xkey), nil when not set
 	reg     *prometheus.Registry
 	logs    *testsupport.LogBuffer
+	// now is the handler's clock, rigNow unless a test moves it.
+	now time.Time
 }
 
 type rigOptions struct {
@@ -78,7 +80,7 @@ func fixedKey(t testing.TB, prefix nkeys.PrefixByte, b byte) nkeys.KeyPair {
 func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	r := &rig{
-		t: t, reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{},
+		t: t, reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}, now: rigNow,
 		issuer:  fixedKey(t, nkeys.PrefixByteAccount, 1),
 		server:  fixedKey(t, nkeys.PrefixByteServer, 2),
 		serverX: fixedKey(t, nkeys.PrefixByteCurve, 3),
@@ -115,7 +117,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		Account:     "APP",
 		Logger:      slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Metrics:     callout.NewMetrics(r.reg),
-		Now:         func() time.Time { return rigNow },
+		Now:         func() time.Time { return r.now },
 	}
 	if o.operator {
 		target := fixedKey(t, nkeys.PrefixByteAccount, 6)
@@ -445,5 +447,91 @@ func TestDeadlineStopsWork(t *testing.T) {
 				t.Errorf("steps run: %q; want none after %q", ran, pass)
 			}
 		})
+	}
+}
+
+// decisionLines returns the rig's decision log lines.
+func (r *rig) decisionLines() []string {
+	var out []string
+	for _, l := range strings.Split(r.logs.String(), "\n") {
+		if strings.Contains(l, `"msg":"callout decision"`) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Whatever length a request's strings have, the decision log line quoting them stays short.
+func TestRequestValuesAreClippedInTheLog(t *testing.T) {
+	huge := strings.Repeat("é", 5000) // 10 KB, cut on a character boundary
+	r := newRig(t, rigOptions{policy: func(kube.Identity) (kube.Policy, error) {
+		ws := make([]string, 1000)
+		for i := range ws {
+			ws[i] = "allow entry " + huge + " dropped"
+		}
+		return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{"x"}, SubAllow: []string{"x"}}, Warnings: ws}, nil
+	}})
+	for name, mut := range map[string]func(*natsjwt.AuthorizationRequestClaims){
+		"user nkey": func(rc *natsjwt.AuthorizationRequestClaims) { rc.UserNkey = "U" + huge },
+		"audience":  func(rc *natsjwt.AuthorizationRequestClaims) { rc.Audience = huge },
+		"server name, unknown issuer": func(rc *natsjwt.AuthorizationRequestClaims) {
+			rc.Server.Name, rc.ClientInformation.Host = huge, huge
+			rc.Subject = pub(t, fixedKey(t, nkeys.PrefixByteAccount, 8))
+		},
+		"server name, allowed with warnings": func(rc *natsjwt.AuthorizationRequestClaims) { rc.Server.Name, rc.ClientInformation.Host = huge, huge },
+	} {
+		t.Run(name, func(t *testing.T) {
+			rc := r.claims()
+			mut(rc)
+			data, hdr := r.request(rc)
+			before := len(r.decisionLines())
+			r.h.Handle(context.Background(), data, hdr)
+			lines := r.decisionLines()
+			if len(lines) != before+1 {
+				t.Fatalf("%d new decision lines, want 1", len(lines)-before)
+			}
+			line := lines[len(lines)-1]
+			if len(line) > 4096 || !strings.Contains(line, "…[truncated, 100") {
+				t.Errorf("decision line of %d bytes, want at most 4 KiB with a truncation marker:\n%.600s", len(line), line)
+			}
+		})
+	}
+}
+
+// Each unknown issuer is logged at most once a minute, and the handler remembers a bounded
+// number of them however many distinct ones requests name.
+func TestUnknownIssuersAreBounded(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	const msg = "nats-server expects responses signed by an issuer account key the service does not hold"
+	send := func(n int) {
+		for range n {
+			rc := r.claims()
+			rc.Subject = pub(t, newAccount(t))
+			data, hdr := r.request(rc)
+			if _, d := r.h.Handle(context.Background(), data, hdr); d.Reason != callout.ReasonUnknownIssuer {
+				t.Fatalf("got %s (%s: %v), want %s", d.Result, d.Reason, d.Err, callout.ReasonUnknownIssuer)
+			}
+		}
+	}
+	logged := func() int { return strings.Count(r.logs.String(), msg) }
+
+	send(500)
+	if n := r.h.UnknownIssuerLogEntries(); n > 64 {
+		t.Errorf("%d unknown issuers remembered, want at most 64", n)
+	}
+	if n := logged(); n != 64 {
+		t.Errorf("%d unknown issuers logged in a minute, want 64", n)
+	}
+	if got := r.count(callout.ResultDropped, callout.ReasonUnknownIssuer); got != 500 {
+		t.Errorf("requests_total{dropped,unknown_issuer} = %v, want 500 (every request counted)", got)
+	}
+	// A minute later the old entries make room for new ones.
+	r.now = r.now.Add(time.Minute)
+	send(10)
+	if n := logged(); n != 74 {
+		t.Errorf("%d unknown issuers logged, want 74 after a minute", n)
+	}
+	if n := r.h.UnknownIssuerLogEntries(); n > 64 {
+		t.Errorf("%d unknown issuers remembered, want at most 64", n)
 	}
 }

@@ -166,7 +166,7 @@ func (s *Service) Ready() error {
 	case !sess.nc.IsConnected():
 		msg := fmt.Sprintf("nats: not connected to %s (%s)", s.url, strings.ToLower(sess.nc.Status().String()))
 		if err := sess.nc.LastError(); err != nil {
-			msg += ": " + err.Error()
+			msg += ": " + errString(err)
 		}
 		return errors.New(msg)
 	case !sess.sub.IsValid():

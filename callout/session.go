@@ -303,7 +303,8 @@ func (r *repeatLog) allow(key string, now time.Time) (bool, int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.last == nil || len(r.last) > 64 {
-		// Keys are a handful of fixed messages; the bound only guards against surprises.
+		// Keys are a handful of messages (errString's, so at most maxLogText bytes each); the
+		// bound only guards against surprises.
 		r.last, r.suppressed = map[string]time.Time{}, map[string]int{}
 	}
 	if last, ok := r.last[key]; ok && now.Sub(last) < repeatLogPeriod {
@@ -314,9 +315,12 @@ func (r *repeatLog) allow(key string, now time.Time) (bool, int) {
 	r.last[key], r.suppressed[key] = now, 0
 	return true, n
 }
+
+// errString is an error's text for a log line or a repeatLog key, clipped to maxLogText:
+// connection errors quote what the server or the network sent.
 func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return err.Error()
+	return clip(err.Error(), maxLogText)
 }
