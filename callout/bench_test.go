@@ -2,8 +2,10 @@ package callout_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,8 +13,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // BenchmarkHandle measures the decision path: a request JWT as nats-server sends it in, a
@@ -106,4 +112,127 @@ func serverRequest(b *testing.B, k keys, token string) ([]byte, nats.Header) {
 		b.Fatal(err)
 	}
 	return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(b, serverX)}}
+}
+
+// annotationBytes is Kubernetes' limit on the annotations of one object, keys and values
+// together (256 KiB).
+const annotationBytes = 256 << 10
+
+// Annotation sets for BenchmarkHandleAnnotations, keyed by name.
+var benchAnnotations = map[string]func() map[string]string{
+	// A ServiceAccount as they are written: a few subjects of each kind.
+	"normal": func() map[string]string {
+		return map[string]string{
+			kube.AnnotationAllowedPub: "orders.created, orders.updated, metrics.*.cpu, shop.requests.>",
+			kube.AnnotationAllowedSub: "events.>, shop.replies.*",
+			kube.AnnotationDeniedPub:  "shop.admin.>",
+		}
+	},
+	// The attack of the hardening issue: one allow annotation of short subjects filling the
+	// whole 256 KiB (about 40,000 entries).
+	"one-huge-allow": func() map[string]string {
+		var b strings.Builder
+		for i := 0; b.Len() < annotationBytes-64; i++ {
+			fmt.Fprintf(&b, "s.%d,", i)
+		}
+		return map[string]string{kube.AnnotationAllowedPub: b.String()}
+	},
+	// The most a login can be made to carry: all four lists at the entry cap, with subjects
+	// long enough to fill the 256 KiB between them.
+	"four-full-lists": func() map[string]string {
+		list := func(prefix string) string {
+			e := make([]string, kube.DefaultAnnotationMaxEntries)
+			for i := range e {
+				e[i] = fmt.Sprintf("shop.%s.%s.%05d", prefix, strings.Repeat("x", 40), i)
+			}
+			return strings.Join(e, ",")
+		}
+		return map[string]string{
+			kube.AnnotationAllowedPub: list("pub"), kube.AnnotationAllowedSub: list("sub"),
+			kube.AnnotationDeniedPub: list("nopub"), kube.AnnotationDeniedSub: list("nosub"),
+		}
+	},
+}
+
+// BenchmarkHandleAnnotations measures a whole login (BenchmarkHandle's path) of a ServiceAccount
+// with a normal set of annotations and with annotations at Kubernetes' 256 KiB limit, shaped
+// for the most work: the cost of the worst login one tenant can cause.
+func BenchmarkHandleAnnotations(b *testing.B) {
+	for _, name := range []string{"normal", "one-huge-allow", "four-full-lists"} {
+		b.Run(name, func(b *testing.B) {
+			annotations := benchAnnotations[name]()
+			size := 0
+			for k, v := range annotations {
+				size += len(k) + len(v)
+			}
+			if size > annotationBytes {
+				b.Fatalf("%d bytes of annotations, Kubernetes allows %d", size, annotationBytes)
+			}
+			w := newWorld(b)
+			k := newKeys(b, false)
+			token := annotatedToken(b, w, "shop", "api", annotations)
+			h, err := callout.NewHandler(callout.HandlerConfig{
+				Verifier: w.verifier, Policies: w.store, SigningKeys: fixedRing(b, k.issuer), Account: "APP",
+				Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
+				Metrics: callout.NewMetrics(prometheus.NewRegistry()),
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			data, hdr := serverRequest(b, k, token)
+			var reply []byte
+			b.ReportAllocs()
+			for b.Loop() {
+				var d callout.Decision
+				if reply, d = h.Handle(context.Background(), data, hdr); d.Result != callout.ResultAllowed || reply == nil {
+					b.Fatalf("got %s (%s: %v), want allowed", d.Result, d.Reason, d.Err)
+				}
+			}
+			b.ReportMetric(float64(size), "annotation-bytes")
+			b.ReportMetric(float64(len(reply)), "reply-bytes")
+		})
+	}
+}
+
+// BenchmarkPermissionLists compares building a user JWT's permission list of 60,000 entries
+// with jwt.StringList.Add, which checks each entry against the whole list (quadratic), and
+// with the handler's map-based dedupe.
+func BenchmarkPermissionLists(b *testing.B) {
+	subjects := make([]string, 60000)
+	for i := range subjects {
+		subjects[i] = fmt.Sprintf("s.%d", i)
+	}
+	b.Run("StringList.Add", func(b *testing.B) {
+		for b.Loop() {
+			var l natsjwt.StringList
+			l.Add(subjects...)
+		}
+	})
+	b.Run("handler", func(b *testing.B) {
+		for b.Loop() {
+			if callout.SubjectList(subjects) == nil {
+				b.Fatal("empty list")
+			}
+		}
+	})
+}
+
+// annotatedToken creates ServiceAccount ns/name with annotations and returns a token for it
+// once the informer has it.
+func annotatedToken(b *testing.B, w *world, ns, name string, annotations map[string]string) string {
+	b.Helper()
+	sa := &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), Annotations: annotations}}
+	created, err := w.kube.Create(context.Background(), sa)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, err := w.issuer.ServiceAccountToken(ns, name, string(created.UID), []string{audience}, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	testsupport.WaitFor(b, "ServiceAccount in cache", 10*time.Second, func() bool {
+		_, err := w.store.Policy(kube.Identity{Namespace: ns, Name: name, UID: string(created.UID), Expiry: time.Now().Add(time.Hour)})
+		return err == nil
+	})
+	return tok
 }

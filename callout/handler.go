@@ -274,10 +274,8 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 		return "", errors.New("identity has no expiry")
 	}
 	uc.Expires = exp.Unix()
-	uc.Pub.Allow.Add(p.PubAllow...)
-	uc.Pub.Deny.Add(p.PubDeny...)
-	uc.Sub.Allow.Add(p.SubAllow...)
-	uc.Sub.Deny.Add(p.SubDeny...)
+	uc.Pub.Allow, uc.Pub.Deny = subjectList(p.PubAllow), subjectList(p.PubDeny)
+	uc.Sub.Allow, uc.Sub.Deny = subjectList(p.SubAllow), subjectList(p.SubDeny)
 	// An empty allow list means "no restriction" to nats-server: close it instead.
 	if len(uc.Pub.Allow) == 0 {
 		uc.Pub.Deny = jwt.StringList{">"}

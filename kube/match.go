@@ -51,7 +51,11 @@ func subjectMatches(pattern, subject string) bool {
 // subjectWithin reports whether every subject pattern matches is also matched by limit (both
 // valid subjects; '*' one token, a final '>' one or more).
 func subjectWithin(pattern, limit string) bool {
-	pt, lt := strings.Split(pattern, "."), strings.Split(limit, ".")
+	return tokensWithin(strings.Split(pattern, "."), strings.Split(limit, "."))
+}
+
+// tokensWithin is subjectWithin on subjects split into tokens.
+func tokensWithin(pt, lt []string) bool {
 	for i, l := range lt {
 		switch {
 		case l == ">":

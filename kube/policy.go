@@ -31,6 +31,16 @@ const annotationPrefix = "nats.io/"
 // maxSubjectBytes bounds one subject; longer entries are certainly mistakes.
 const maxSubjectBytes = 512
 
+// DefaultAnnotationMaxEntries is the default of PolicyDefaults.MaxEntries: how many entries one
+// permission annotation may list. Kubernetes lets a ServiceAccount carry 256 KiB of annotations,
+// room for tens of thousands of subjects; far fewer are ever meant, and every entry costs work
+// on each login and bytes in the user JWT.
+const DefaultAnnotationMaxEntries = 1000
+
+// MaxAnnotationMaxEntries is the largest MaxEntries accepted: beyond it a user JWT with four
+// full lists approaches nats-server's default max_payload (1 MiB).
+const MaxAnnotationMaxEntries = 10000
+
 // Permissions are a user's explicit NATS subject permissions. An empty allow list never means
 // "everything": ParsePolicy puts ">" in the matching deny list instead.
 type Permissions struct {
@@ -59,6 +69,11 @@ type PolicyDefaults struct {
 	// "{namespace}.>" keeps each ServiceAccount's grants inside its namespace's subjects);
 	// others are dropped with a warning. Defaults and deny annotations are not limited.
 	AnnotationLimit []string
+	// MaxEntries bounds the entries (comma-separated subjects, as written) of each permission
+	// annotation: an allow annotation with more is cut to its first MaxEntries entries, with a
+	// warning; a deny annotation with more fails the policy, since dropping any of its entries
+	// would widen access. Zero means DefaultAnnotationMaxEntries.
+	MaxEntries int
 }
 
 // DefaultPolicyDefaults returns the built-in defaults: publish and subscribe within the
@@ -84,8 +99,11 @@ func subjectToken(name string) string {
 }
 
 // Validate checks that every template uses only known placeholders and renders to a valid
-// subject. The zero value is valid.
+// subject, and that MaxEntries is within range. The zero value is valid.
 func (d PolicyDefaults) Validate() error {
+	if d.MaxEntries < 0 || d.MaxEntries > MaxAnnotationMaxEntries {
+		return fmt.Errorf("entries per annotation: %d is not between 1 and %d", d.MaxEntries, MaxAnnotationMaxEntries)
+	}
 	d = d.orDefault()
 	for _, list := range []struct {
 		kind      string
@@ -104,6 +122,9 @@ func (d PolicyDefaults) orDefault() PolicyDefaults {
 	if d.Pub == nil && d.Sub == nil {
 		def := DefaultPolicyDefaults()
 		d.Pub, d.Sub = def.Pub, def.Sub
+	}
+	if d.MaxEntries == 0 {
+		d.MaxEntries = DefaultAnnotationMaxEntries
 	}
 	return d
 }
@@ -147,10 +168,12 @@ func render(tmpl, namespace, name string) (string, error) {
 
 // ParsePolicy computes the permissions of ServiceAccount namespace/name from the defaults and
 // its annotations. Allow annotations add to the defaults; an invalid allow entry is dropped with
-// a warning. Deny annotations go to the deny lists; an invalid deny entry fails the whole
-// policy with ErrInvalidPolicy, because ignoring it would widen access. Responses are allowed
-// unless nats.io/allow-responses says otherwise; a value that is not a boolean turns them off.
-// annotations is only read.
+// a warning, and so are the entries beyond d.MaxEntries. Deny annotations go to the deny lists;
+// an invalid deny entry, or more than d.MaxEntries of them, fails the whole policy with
+// ErrInvalidPolicy, because ignoring any would widen access. Responses are allowed unless
+// nats.io/allow-responses says otherwise; a value that is not a boolean turns them off.
+// annotations is only read. The work is linear in the entries up to the cap and does not
+// look past it.
 func ParsePolicy(d PolicyDefaults, namespace, name string, annotations map[string]string) (Policy, error) {
 	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
 		return Policy{}, fmt.Errorf("%w: namespace %q: %s", ErrInvalidPolicy, namespace, strings.Join(errs, "; "))
@@ -172,19 +195,20 @@ func ParsePolicy(d PolicyDefaults, namespace, name string, annotations map[strin
 	if err != nil {
 		return Policy{}, fmt.Errorf("%w: annotation subject limit: %w", ErrInvalidPolicy, err)
 	}
-	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, limit, &w)
-	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, limit, &w)
-	if p.Permissions.PubDeny, err = denied(AnnotationDeniedPub, annotations); err != nil {
+	within := newLimit(limit)
+	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, within, d.MaxEntries, &w)
+	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, within, d.MaxEntries, &w)
+	if p.Permissions.PubDeny, err = denied(AnnotationDeniedPub, annotations, d.MaxEntries); err != nil {
 		return Policy{}, err
 	}
-	if p.Permissions.SubDeny, err = denied(AnnotationDeniedSub, annotations); err != nil {
+	if p.Permissions.SubDeny, err = denied(AnnotationDeniedSub, annotations, d.MaxEntries); err != nil {
 		return Policy{}, err
 	}
 	p.Permissions.AllowResponses = true
 	if v, ok := annotations[AnnotationAllowResponses]; ok {
 		allow, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {
-			w.add(fmt.Sprintf("%s: %s is not a boolean, responses turned off", AnnotationAllowResponses, quote(v)))
+			w.addf("%s: %s is not a boolean, responses turned off", AnnotationAllowResponses, quote(v))
 		}
 		p.Permissions.AllowResponses = allow && err == nil
 	}
@@ -202,7 +226,7 @@ func ParsePolicy(d PolicyDefaults, namespace, name string, annotations map[strin
 	}
 	slices.Sort(unknown) // map order must not leak into the result
 	for _, k := range unknown {
-		w.add(fmt.Sprintf("unknown annotation %s ignored", quote(k)))
+		w.addf("unknown annotation %s ignored", quote(k))
 	}
 	p.Warnings = w.list()
 	return p, nil
@@ -231,44 +255,89 @@ func renderAll(templates []string, namespace, name string) ([]string, error) {
 }
 
 // addAllowed appends the valid, new entries of an allow annotation to list and records a
-// warning for each invalid one and, when limit is not empty, for each one not within it.
-func addAllowed(list []string, key string, annotations map[string]string, limit []string, w *warnings) []string {
-	seen := make(map[string]bool, len(list))
+// warning for each invalid one and for each one not within the limit. Only the first
+// maxEntries entries are looked at; one warning says there were more.
+func addAllowed(list []string, key string, annotations map[string]string, within *limit, maxEntries int, w *warnings) []string {
+	seen := make(map[string]struct{}, len(list))
 	for _, s := range list {
-		seen[s] = true
+		seen[s] = struct{}{}
 	}
+	n := 0
+	var tokens []string
 	for entry := range entries(annotations[key]) {
-		if err := validSubject(entry); err != nil {
-			w.add(fmt.Sprintf("%s: dropped %s: %v", key, quote(entry), err))
+		if n++; n > maxEntries {
+			w.addf("%s: more than %d entries, only the first %d are used", key, maxEntries, maxEntries)
+			break // the rest is not even looked at: the work is bounded by the cap
+		}
+		var err error
+		if tokens, err = subjectTokens(entry, tokens); err != nil {
+			w.addf("%s: dropped %s: %v", key, quoteFunc(entry), err)
 			continue
 		}
-		if len(limit) > 0 && !slices.ContainsFunc(limit, func(l string) bool { return subjectWithin(entry, l) }) {
-			w.add(fmt.Sprintf("%s: dropped %s: outside the annotation subject limit %s", key, quote(entry), strings.Join(limit, ",")))
+		if !within.allows(tokens) {
+			w.addf("%s: dropped %s: outside the annotation subject limit %s", key, quoteFunc(entry), within)
 			continue
 		}
-		if !seen[entry] {
-			seen[entry] = true
+		if _, dup := seen[entry]; !dup {
+			seen[entry] = struct{}{}
 			list = append(list, entry)
 		}
 	}
 	return list
 }
 
-// denied parses a deny annotation; any invalid entry is an error.
-func denied(key string, annotations map[string]string) ([]string, error) {
+// denied parses a deny annotation; any invalid entry, or more than maxEntries entries, is an
+// error.
+func denied(key string, annotations map[string]string, maxEntries int) ([]string, error) {
 	var list []string
-	seen := map[string]bool{}
+	seen := map[string]struct{}{}
+	n := 0
+	var tokens []string
 	for entry := range entries(annotations[key]) {
-		if err := validSubject(entry); err != nil {
+		if n++; n > maxEntries {
+			return nil, fmt.Errorf("%w: %s: more than %d entries (the limit per annotation)", ErrInvalidPolicy, key, maxEntries)
+		}
+		var err error
+		if tokens, err = subjectTokens(entry, tokens); err != nil {
 			return nil, fmt.Errorf("%w: %s: %s: %w", ErrInvalidPolicy, key, quote(entry), err)
 		}
-		if !seen[entry] {
-			seen[entry] = true
+		if _, dup := seen[entry]; !dup {
+			seen[entry] = struct{}{}
 			list = append(list, entry)
 		}
 	}
 	return list, nil
 }
+
+// limit is a rendered annotation subject limit, split into tokens once per policy.
+type limit struct {
+	patterns []string
+	tokens   [][]string
+}
+
+func newLimit(patterns []string) *limit {
+	l := &limit{patterns: patterns}
+	for _, p := range patterns {
+		l.tokens = append(l.tokens, strings.Split(p, "."))
+	}
+	return l
+}
+
+// allows reports whether the valid subject pattern, split into tokens, lies within one of the
+// limit's patterns, or the limit is empty.
+func (l *limit) allows(pt []string) bool {
+	if len(l.patterns) == 0 {
+		return true
+	}
+	for _, lt := range l.tokens {
+		if tokensWithin(pt, lt) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *limit) String() string { return strings.Join(l.patterns, ",") }
 
 // maxWarnings keeps a ServiceAccount with thousands of bad entries from flooding the log.
 const maxWarnings = 10
@@ -279,9 +348,11 @@ type warnings struct {
 	dropped int
 }
 
-func (w *warnings) add(msg string) {
+// addf records a message, formatted only if it is kept: the ones beyond maxWarnings are
+// just counted.
+func (w *warnings) addf(format string, args ...any) {
 	if len(w.msgs) < maxWarnings {
-		w.msgs = append(w.msgs, msg)
+		w.msgs = append(w.msgs, fmt.Sprintf(format, args...))
 		return
 	}
 	w.dropped++
@@ -310,31 +381,41 @@ func entries(v string) func(yield func(string) bool) {
 // valid UTF-8. It is stricter than nats-server, which reads "foo*" as a literal token: here
 // that is almost certainly a mistake, so it is refused.
 func validSubject(s string) error {
+	_, err := subjectTokens(s, nil)
+	return err
+}
+
+// subjectTokens checks s as validSubject does and appends its tokens to buf[:0], so that a
+// caller checking many subjects reuses one slice.
+func subjectTokens(s string, buf []string) ([]string, error) {
 	switch {
 	case s == "":
-		return errors.New("empty subject")
+		return nil, errors.New("empty subject")
 	case len(s) > maxSubjectBytes:
-		return fmt.Errorf("longer than %d bytes", maxSubjectBytes)
+		return nil, fmt.Errorf("longer than %d bytes", maxSubjectBytes)
 	case !utf8.ValidString(s):
-		return errors.New("not valid UTF-8")
+		return nil, errors.New("not valid UTF-8")
 	}
-	tokens := strings.Split(s, ".")
-	for i, t := range tokens {
+	tokens := buf[:0]
+	for rest, more := s, true; more; {
+		var t string
+		t, rest, more = strings.Cut(rest, ".")
 		switch {
 		case t == "":
-			return errors.New("empty token")
-		case t == ">" && i != len(tokens)-1:
-			return errors.New("'>' must be the last token")
+			return nil, errors.New("empty token")
+		case t == ">" && more:
+			return nil, errors.New("'>' must be the last token")
 		case t != "*" && t != ">" && strings.ContainsAny(t, "*>"):
-			return fmt.Errorf("wildcard inside token %s", quote(t))
+			return nil, fmt.Errorf("wildcard inside token %s", quote(t))
 		}
 		for _, r := range t {
 			if r <= ' ' || r == 0x7f || r == utf8.RuneError || (r >= 0x80 && r <= 0x9f) || isSpace(r) {
-				return fmt.Errorf("whitespace or control character %U", r)
+				return nil, fmt.Errorf("whitespace or control character %U", r)
 			}
 		}
+		tokens = append(tokens, t)
 	}
-	return nil
+	return tokens, nil
 }
 
 // isSpace reports Unicode spaces beyond ASCII, which would make a subject unreadable in logs.
@@ -345,6 +426,11 @@ func isSpace(r rune) bool {
 	}
 	return r >= 0x2000 && r <= 0x200b
 }
+
+// quoteFunc defers quote until a message is formatted.
+type quoteFunc string
+
+func (q quoteFunc) String() string { return quote(string(q)) }
 
 // quote quotes s for a message, shortened when long.
 func quote(s string) string {

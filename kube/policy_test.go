@@ -461,20 +461,20 @@ func BenchmarkParsePolicy(b *testing.B) {
 
 func TestParsePolicyLargeAnnotations(t *testing.T) {
 	var allow, bad []string
-	for i := range 20000 {
-		allow = append(allow, fmt.Sprintf("svc.%d.>", i%10000)) // every entry twice
+	for i := range 2000 {
+		allow = append(allow, fmt.Sprintf("svc.%d.>", i%500)) // every entry four times
 	}
 	for i := range 25 {
 		bad = append(bad, fmt.Sprintf("bad..%d", i))
 	}
-	p, err := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+	p, err := ParsePolicy(PolicyDefaults{MaxEntries: 2000}, "team-a", "app", map[string]string{
 		AnnotationAllowedPub: strings.Join(allow, ","),
 		AnnotationAllowedSub: strings.Join(bad, ","),
 	})
 	if err != nil {
 		t.Fatalf("ParsePolicy: %v", err)
 	}
-	if got, want := len(p.Permissions.PubAllow), 1+10000; got != want {
+	if got, want := len(p.Permissions.PubAllow), 1+500; got != want {
 		t.Errorf("len(PubAllow) = %d, want %d (deduplicated)", got, want)
 	}
 	if got, want := len(p.Warnings), maxWarnings+1; got != want {
@@ -482,5 +482,106 @@ func TestParsePolicyLargeAnnotations(t *testing.T) {
 	}
 	if got, want := p.Warnings[maxWarnings], "15 more warnings"; got != want {
 		t.Errorf("last warning = %q, want %q", got, want)
+	}
+}
+
+// entryList is n distinct valid subjects, comma-separated.
+func entryList(prefix string, n int) string {
+	e := make([]string, n)
+	for i := range e {
+		e[i] = fmt.Sprintf("%s.%d", prefix, i)
+	}
+	return strings.Join(e, ",")
+}
+
+func TestParsePolicyMaxEntries(t *testing.T) {
+	// The default: an allow list longer than DefaultAnnotationMaxEntries is cut, with a warning.
+	p, err := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+		AnnotationAllowedPub: entryList("team-a.pub", DefaultAnnotationMaxEntries+500),
+		AnnotationAllowedSub: entryList("team-a.sub", DefaultAnnotationMaxEntries),
+	})
+	if err != nil {
+		t.Fatalf("ParsePolicy: %v", err)
+	}
+	if got, want := len(p.Permissions.PubAllow), 1+DefaultAnnotationMaxEntries; got != want {
+		t.Errorf("len(PubAllow) = %d, want %d (default and the first %d entries)", got, want, DefaultAnnotationMaxEntries)
+	}
+	if got, want := p.Permissions.PubAllow[len(p.Permissions.PubAllow)-1], fmt.Sprintf("team-a.pub.%d", DefaultAnnotationMaxEntries-1); got != want {
+		t.Errorf("last publish entry kept = %q, want %q", got, want)
+	}
+	if got, want := len(p.Permissions.SubAllow), 2+DefaultAnnotationMaxEntries; got != want {
+		t.Errorf("len(SubAllow) = %d, want %d (a list of exactly the cap is whole)", got, want)
+	}
+	want := []string{fmt.Sprintf("nats.io/allowed-pub-subjects: more than %d entries, only the first %d are used", DefaultAnnotationMaxEntries, DefaultAnnotationMaxEntries)}
+	if !slices.Equal(p.Warnings, want) {
+		t.Errorf("Warnings = %q, want %q", p.Warnings, want)
+	}
+
+	// Empty entries do not count; invalid ones do.
+	d := PolicyDefaults{MaxEntries: 3}
+	p, err = ParsePolicy(d, "team-a", "app", map[string]string{AnnotationAllowedPub: "a,,b..c, ,d,e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"team-a.>", "a", "d"}; !slices.Equal(p.Permissions.PubAllow, want) {
+		t.Errorf("PubAllow = %q, want %q", p.Permissions.PubAllow, want)
+	}
+	if len(p.Warnings) != 2 || !strings.Contains(p.Warnings[1], "more than 3 entries, only the first 3 are used") {
+		t.Errorf("Warnings = %q, want the dropped invalid entry and the cut", p.Warnings)
+	}
+
+	// A deny list over the cap refuses: cutting it would widen access.
+	for _, key := range []string{AnnotationDeniedPub, AnnotationDeniedSub} {
+		_, err = ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{key: entryList("team-a.deny", DefaultAnnotationMaxEntries+1)})
+		if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), key+": more than 1000 entries") {
+			t.Errorf("%s over the cap: error %v, want %v naming the annotation and the cap", key, err, ErrInvalidPolicy)
+		}
+		p, err = ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{key: entryList("team-a.deny", DefaultAnnotationMaxEntries)})
+		if err != nil {
+			t.Errorf("%s at the cap: %v", key, err)
+		}
+	}
+	if got := len(p.Permissions.SubDeny); got != DefaultAnnotationMaxEntries {
+		t.Errorf("len(SubDeny) = %d, want %d", got, DefaultAnnotationMaxEntries)
+	}
+}
+
+func TestPolicyDefaultsMaxEntries(t *testing.T) {
+	for _, n := range []int{-1, MaxAnnotationMaxEntries + 1} {
+		if err := (PolicyDefaults{MaxEntries: n}).Validate(); err == nil || !strings.Contains(err.Error(), "entries per annotation") {
+			t.Errorf("MaxEntries %d: Validate = %v, want an error", n, err)
+		}
+	}
+	for _, n := range []int{0, 1, MaxAnnotationMaxEntries} {
+		if err := (PolicyDefaults{MaxEntries: n}).Validate(); err != nil {
+			t.Errorf("MaxEntries %d: Validate = %v", n, err)
+		}
+	}
+}
+
+// hugeAnnotations are a ServiceAccount's annotations at Kubernetes' size limit (256 KiB in
+// all): an allow and a deny list of distinct subjects, as short as they come, so as many as fit.
+func hugeAnnotations(maxEntries int) map[string]string {
+	const total = 256 << 10
+	var allow strings.Builder
+	for i := 0; allow.Len() < total-16<<10; i++ {
+		fmt.Fprintf(&allow, "a.%d,", i)
+	}
+	return map[string]string{
+		AnnotationAllowedPub: allow.String(),
+		AnnotationAllowedSub: "a.>",
+		AnnotationDeniedPub:  entryList("a.d", maxEntries),
+	}
+}
+
+func BenchmarkParsePolicyHuge(b *testing.B) {
+	annotations := hugeAnnotations(DefaultAnnotationMaxEntries)
+	d := DefaultPolicyDefaults()
+	d.AnnotationLimit = []string{"{namespace}.>", "a.>", "shared.*.events"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParsePolicy(d, "team-a", "app", annotations); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -65,6 +65,7 @@ type Policy struct {
 	DefaultPub      string
 	DefaultSub      string
 	AnnotationLimit string
+	MaxEntries      int
 }
 
 // Log is the log level and format.
@@ -95,6 +96,9 @@ func policySettings(p *Policy) []*Setting {
 		String(&p.DefaultPub, "DEFAULT_PUB_SUBJECTS", "default-pub-subjects", pub, "subjects every ServiceAccount may publish to; {namespace}, {serviceaccount}, {inbox} are replaced").doc("publish grant of every ServiceAccount"),
 		String(&p.DefaultSub, "DEFAULT_SUB_SUBJECTS", "default-sub-subjects", sub, "subjects every ServiceAccount may subscribe to").doc("subscribe grant of every ServiceAccount"),
 		String(&p.AnnotationLimit, "ANNOTATION_SUBJECT_LIMIT", "annotation-subject-limit", "", "subjects allow annotations may grant within, e.g. {namespace}.>; entries outside are dropped (default: no limit)").optional().defaultDoc("empty (no limit)").doc("subject patterns allow annotations must stay within, e.g. `{namespace}.>`; entries outside are dropped with a warning (see [Permissions](../README.md#permissions))"),
+		Int(&p.MaxEntries, "ANNOTATION_MAX_ENTRIES", "annotation-max-entries", kube.DefaultAnnotationMaxEntries,
+			fmt.Sprintf("entries each permission annotation may list (1-%d); an allow list is cut to them, a longer deny list refuses the login", kube.MaxAnnotationMaxEntries)).
+			doc(fmt.Sprintf("entries (comma-separated subjects) each `nats.io/` permission annotation may list, at most %d: the entries of an allow annotation beyond it are ignored with a warning; a deny annotation with more refuses the login (`invalid_policy`). Bounds the work and the user JWT of every login (see [Security](security.md))", kube.MaxAnnotationMaxEntries)),
 	}
 }
 
@@ -274,9 +278,12 @@ func (l Log) Validate() error {
 	return nil
 }
 
-// Validate checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS and ANNOTATION_SUBJECT_LIMIT one at
-// a time, so that an error names the setting.
+// Validate checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS, ANNOTATION_SUBJECT_LIMIT and
+// ANNOTATION_MAX_ENTRIES one at a time, so that an error names the setting.
 func (p Policy) Validate() error {
+	if p.MaxEntries < 1 || p.MaxEntries > kube.MaxAnnotationMaxEntries {
+		return fmt.Errorf("ANNOTATION_MAX_ENTRIES: %d is not between 1 and %d", p.MaxEntries, kube.MaxAnnotationMaxEntries)
+	}
 	d, none := p.Defaults(), []string{}
 	for _, s := range []struct {
 		name string
@@ -295,7 +302,7 @@ func (p Policy) Validate() error {
 
 // Defaults are the subjects and the annotation limit the policy settings give.
 func (p Policy) Defaults() kube.PolicyDefaults {
-	return kube.PolicyDefaults{Pub: SplitList(p.DefaultPub), Sub: SplitList(p.DefaultSub), AnnotationLimit: SplitList(p.AnnotationLimit)}
+	return kube.PolicyDefaults{Pub: SplitList(p.DefaultPub), Sub: SplitList(p.DefaultSub), AnnotationLimit: SplitList(p.AnnotationLimit), MaxEntries: p.MaxEntries}
 }
 
 // WatchedNamespaces is WATCH_NAMESPACES as a list; empty means all.

@@ -34,6 +34,9 @@ func TestParseServe(t *testing.T) {
 		c.RequestTimeout != 1500*time.Millisecond || c.JWKSRefresh != time.Hour || c.Log.Format != "json" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
+	if c.Policy.MaxEntries != 1000 || c.Policy.Defaults().MaxEntries != 1000 {
+		t.Errorf("ANNOTATION_MAX_ENTRIES = %d, want the default 1000 passed on to the policy", c.Policy.MaxEntries)
+	}
 	if c.Workers != 8 || c.SigningKeyFile != "/keys/issuer.nk" {
 		t.Errorf("environment not applied: %+v", c)
 	}
@@ -119,6 +122,9 @@ func TestParseServeErrors(t *testing.T) {
 		{"default pub template", map[string]string{"DEFAULT_PUB_SUBJECTS": "{nope}.>"}, nil, "DEFAULT_PUB_SUBJECTS"},
 		{"default sub subject", map[string]string{"DEFAULT_SUB_SUBJECTS": "a..b"}, nil, "DEFAULT_SUB_SUBJECTS"},
 		{"annotation limit", map[string]string{"ANNOTATION_SUBJECT_LIMIT": "{namespace}.>,x.>.y"}, nil, "ANNOTATION_SUBJECT_LIMIT"},
+		{"zero annotation entries", map[string]string{"ANNOTATION_MAX_ENTRIES": "0"}, nil, "ANNOTATION_MAX_ENTRIES"},
+		{"too many annotation entries", map[string]string{"ANNOTATION_MAX_ENTRIES": "100000"}, nil, "ANNOTATION_MAX_ENTRIES"},
+		{"annotation entries not a number", map[string]string{"ANNOTATION_MAX_ENTRIES": "lots"}, nil, "ANNOTATION_MAX_ENTRIES"},
 		{"tls ca missing", map[string]string{"NATS_TLS_CA_FILE": "/nonexistent/ca.pem"}, nil, "NATS_TLS_CA_FILE"},
 		{"tls cert without key", map[string]string{"NATS_TLS_CERT_FILE": "/nonexistent/tls.crt"}, nil, "NATS_TLS_KEY_FILE"},
 		{"flag overrides a good env with a bad value", nil, []string{"--nats-account", "SYS"}, "NATS_ACCOUNT"},

@@ -1,0 +1,4 @@
+package callout
+
+// SubjectList is subjectList, for the external benchmarks.
+var SubjectList = subjectList

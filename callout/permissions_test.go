@@ -1,0 +1,39 @@
+package callout
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/jwt/v2"
+)
+
+// TestSubjectList checks that subjectList builds the list jwt.StringList.Add builds.
+func TestSubjectList(t *testing.T) {
+	cases := [][]string{
+		nil,
+		{},
+		{""},
+		{"a", "b", "a", "", "c", "b"},
+		{">"},
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 50 {
+		l := make([]string, r.IntN(40))
+		for i := range l {
+			l[i] = fmt.Sprintf("s.%d", r.IntN(10))
+			if r.IntN(10) == 0 {
+				l[i] = ""
+			}
+		}
+		cases = append(cases, l)
+	}
+	for _, in := range cases {
+		var want jwt.StringList
+		want.Add(in...)
+		if got := subjectList(in); !slices.Equal(got, want) {
+			t.Errorf("subjectList(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
