@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -377,8 +378,8 @@ func entries(v string) func(yield func(string) bool) {
 }
 
 // validSubject accepts a NATS subject usable in a permission: dot-separated non-empty tokens,
-// '*' and '>' only as whole tokens and '>' only last, no whitespace or control characters,
-// valid UTF-8. It is stricter than nats-server, which reads "foo*" as a literal token: here
+// '*' and '>' only as whole tokens and '>' only last, valid UTF-8 without whitespace, control
+// or invisible characters (see checkRune). It is stricter than nats-server, which reads "foo*" as a literal token: here
 // that is almost certainly a mistake, so it is refused.
 func validSubject(s string) error {
 	_, err := subjectTokens(s, nil)
@@ -409,8 +410,8 @@ func subjectTokens(s string, buf []string) ([]string, error) {
 			return nil, fmt.Errorf("wildcard inside token %s", quote(t))
 		}
 		for _, r := range t {
-			if r <= ' ' || r == 0x7f || r == utf8.RuneError || (r >= 0x80 && r <= 0x9f) || isSpace(r) {
-				return nil, fmt.Errorf("whitespace or control character %U", r)
+			if err := checkRune(r); err != nil {
+				return nil, err
 			}
 		}
 		tokens = append(tokens, t)
@@ -418,13 +419,25 @@ func subjectTokens(s string, buf []string) ([]string, error) {
 	return tokens, nil
 }
 
-// isSpace reports Unicode spaces beyond ASCII, which would make a subject unreadable in logs.
-func isSpace(r rune) bool {
-	switch r {
-	case 0x85, 0xa0, 0x1680, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000, 0xfeff:
-		return true
+// checkRune refuses a character that does not show as itself: a subject that reads like
+// another in a manifest, a log or `kubectl describe` but is not the same subject. A deny entry
+// "team-a.secret.>" with a zero-width joiner in it denies nothing. Refused are whitespace and
+// control characters; invisible ones (Unicode format characters such as zero-width joiners,
+// bidi controls and soft hyphens, variation selectors and the other default-ignorable code
+// points such as Hangul fillers); and private-use and unassigned code points, whose look is
+// nobody's to know. ASCII letters, digits and punctuation pass at once.
+func checkRune(r rune) error {
+	switch {
+	case r > ' ' && r < 0x7f:
+		return nil
+	case r <= ' ' || r == 0x7f || unicode.IsSpace(r) || unicode.In(r, unicode.Cc, unicode.Zs, unicode.Zl, unicode.Zp):
+		return fmt.Errorf("whitespace or control character %U", r)
+	case unicode.In(r, unicode.Cf, unicode.Variation_Selector, unicode.Other_Default_Ignorable_Code_Point):
+		return fmt.Errorf("invisible character %U", r)
+	case r == utf8.RuneError || unicode.Is(unicode.Co, r) || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S):
+		return fmt.Errorf("private-use or unassigned character %U", r)
 	}
-	return r >= 0x2000 && r <= 0x200b
+	return nil
 }
 
 // quoteFunc defers quote until a message is formatted.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -253,6 +254,7 @@ func TestValidSubject(t *testing.T) {
 	valid := []string{"a", "a.b.c", "*", ">", "a.*", "a.>", "*.*.>", "_INBOX_ns_sa.>", "$JS.API.>", "ünïcode.ok", "a-b_c~d"}
 	invalid := []string{"", ".", "a.", ".a", "a..b", "a.>.b", ">.a", "a b", "a\tb", "a\nb", "a*", "*a", "a>", "a.b*.c",
 		"a\x00b", "a\x7fb", "\xff", "a\u00a0b", "a\u2003b", strings.Repeat("x", maxSubjectBytes+1)}
+	invalid = append(invalid, invisibleSubjects...)
 	for _, s := range valid {
 		if err := validSubject(s); err != nil {
 			t.Errorf("validSubject(%q) = %v, want nil", s, err)
@@ -264,6 +266,78 @@ func TestValidSubject(t *testing.T) {
 	for _, s := range invalid {
 		if err := validSubject(s); err == nil {
 			t.Errorf("validSubject(%q) = nil, want an error", s)
+		}
+	}
+}
+
+// invisibleSubjects read like plain subjects but carry a character that does not show.
+var invisibleSubjects = []string{
+	"team-a.secret\u200d.>",   // zero-width joiner
+	"team-a.se\u200bcret",     // zero-width space
+	"team-a.\u200csecret",     // zero-width non-joiner
+	"team-a.secret\u00ad",     // soft hyphen
+	"team-a.\u202esecret",     // right-to-left override
+	"team-a.\u2066secret",     // left-to-right isolate
+	"\ufeffteam-a.secret",     // byte order mark
+	"team-a.secret\u2060",     // word joiner
+	"team-a.secret\U000e0041", // tag character
+	"team-a.secret\ufe0f",     // variation selector
+	"team-a.se\u034fcret",     // combining grapheme joiner
+	"team-a.\u3164",           // Hangul filler
+	"team-a.\u180esecret",     // Mongolian vowel separator
+	"team-a.sec\u0085ret",     // next line (at either end it would be trimmed as space)
+	"team-a.sec\u2028ret",     // line separator
+	"team-a.\ue000",           // private use
+	"team-a.\U0010fffd",       // private use, plane 16
+	"team-a.\u0378",           // unassigned
+	"team-a.\ufffe",           // noncharacter
+}
+
+// TestInvisibleCharacters checks that a subject with a character that does not show is dropped
+// from an allow annotation with a warning, refuses the login in a deny annotation, and stops a
+// template or limit from validating.
+func TestInvisibleCharacters(t *testing.T) {
+	for _, subj := range invisibleSubjects {
+		err := validSubject(subj)
+		if err == nil {
+			t.Errorf("validSubject(%q) = nil, want an error", subj)
+			continue
+		}
+		p, perr := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{AnnotationAllowedPub: "ok.one," + subj})
+		if perr != nil || !slices.Equal(p.Permissions.PubAllow, []string{"team-a.>", "ok.one"}) || len(p.Warnings) != 1 ||
+			!strings.Contains(p.Warnings[0], "dropped") || !strings.Contains(p.Warnings[0], err.Error()) {
+			t.Errorf("allow %q: %+v, %v; want it dropped with a warning", subj, p, perr)
+		}
+		if len(p.Warnings) == 1 && !utf8.ValidString(p.Warnings[0]) {
+			t.Errorf("warning %q is not valid UTF-8", p.Warnings[0])
+		}
+		for _, key := range []string{AnnotationDeniedPub, AnnotationDeniedSub} {
+			if _, derr := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{key: "team-a.admin.>," + subj}); !errors.Is(derr, ErrInvalidPolicy) {
+				t.Errorf("deny %q in %s: error %v, want %v", subj, key, derr, ErrInvalidPolicy)
+			}
+		}
+		for _, d := range []PolicyDefaults{
+			{Pub: []string{"{namespace}." + subj}},
+			{Sub: []string{subj}},
+			{AnnotationLimit: []string{"{namespace}.>", subj}},
+		} {
+			if verr := d.Validate(); verr == nil || !strings.Contains(verr.Error(), err.Error()) {
+				t.Errorf("template %q: Validate = %v, want %q", subj, verr, err)
+			}
+		}
+	}
+	// The warning shows the character escaped, so that the log reader sees it.
+	p, err := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{AnnotationAllowedPub: "team-a.secret\u200d.>"})
+	if err != nil || len(p.Warnings) != 1 {
+		t.Fatalf("ParsePolicy: %+v, %v", p, err)
+	}
+	if want := `nats.io/allowed-pub-subjects: dropped "team-a.secret\u200d.>": invisible character U+200D`; p.Warnings[0] != want {
+		t.Errorf("warning %q, want %q", p.Warnings[0], want)
+	}
+	// Letters, marks and symbols beyond ASCII that show stay valid.
+	for _, subj := range []string{"ünïcode.ok", "日本.語", "e\u0301t\u0301e\u0301", "emoji.\U0001f680", "greek.αβγ"} {
+		if err := validSubject(subj); err != nil {
+			t.Errorf("validSubject(%q) = %v, want nil", subj, err)
 		}
 	}
 }
