@@ -1,7 +1,11 @@
 package kube
 
 import (
+	"cmp"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +17,7 @@ import (
 	"sync/atomic"
 
 	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
@@ -55,20 +60,100 @@ type refreshFlight struct {
 }
 
 // KeyRead returns the key with the given kid, refreshing the set once (within the rate limit)
-// when the kid is unknown: that is how a rotated-in signing key is picked up at once.
+// when the kid is unknown: that is how a rotated-in signing key is picked up at once. The kid
+// is the client's to choose: errors quote it shortened, and nothing remembers it.
 func (k *keySet) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
 	jwk, err := k.MemoryJWKSet.KeyRead(ctx, kid)
 	if !errors.Is(err, jwkset.ErrKeyNotFound) {
 		return jwk, err
 	}
 	if rerr := k.refresh(ctx, true); rerr != nil {
-		return jwkset.JWK{}, fmt.Errorf("unknown key id %q (%d keys loaded): %w", kid, k.count.Load(), rerr)
+		return jwkset.JWK{}, fmt.Errorf("unknown key id %s (%d keys loaded): %w", quote(kid), k.count.Load(), rerr)
 	}
 	jwk, err = k.MemoryJWKSet.KeyRead(ctx, kid)
 	if err != nil {
-		return jwkset.JWK{}, fmt.Errorf("unknown key id %q (%d keys loaded, JWKS just refreshed): %w", kid, k.count.Load(), err)
+		return jwkset.JWK{}, fmt.Errorf("unknown key id %s (%d keys loaded, JWKS just refreshed): %w", quote(kid), k.count.Load(), jwkset.ErrKeyNotFound)
 	}
 	return jwk, nil
+}
+
+// keyfunc returns the jwt.Keyfunc that picks the keys a token's signature is checked with.
+// A token naming a kid is checked with that key only (refreshing the set once for an unknown
+// kid); one without a kid with every loaded key. Either way a key is used only for its own
+// algorithm (see keyAlgorithm): the token's alg header never chooses how a key is read.
+//
+// A token with a crit header is refused before any key is looked up: RFC 7515 makes a JWS
+// whose critical extensions are not understood invalid, and some change what the signature
+// covers (RFC 7797's unencoded payload). Kubernetes never sets it.
+func (k *keySet) keyfunc(ctx context.Context) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		if crit, ok := t.Header["crit"]; ok {
+			return nil, fmt.Errorf("the header lists critical extensions (crit %s), which are not supported", quote(fmt.Sprint(crit)))
+		}
+		alg := t.Method.Alg()
+		kidValue, hasKID := t.Header["kid"]
+		if !hasKID {
+			jwks, err := k.KeyReadAll(ctx)
+			if err != nil {
+				return nil, err
+			}
+			var set jwt.VerificationKeySet
+			for _, jwk := range jwks {
+				if keyAlgorithm(jwk) == alg {
+					set.Keys = append(set.Keys, publicKey(jwk))
+				}
+			}
+			if len(set.Keys) == 0 {
+				return nil, fmt.Errorf("no kid, and none of the %d keys loaded is for algorithm %s", len(jwks), alg)
+			}
+			return set, nil
+		}
+		kid, ok := kidValue.(string)
+		if !ok {
+			return nil, errors.New("the kid header is not a string")
+		}
+		jwk, err := k.KeyRead(ctx, kid)
+		if err != nil {
+			return nil, err
+		}
+		if want := keyAlgorithm(jwk); want != alg {
+			return nil, fmt.Errorf("key %s is for algorithm %s, the token says %s", quote(kid), cmp.Or(want, "(none)"), alg)
+		}
+		return publicKey(jwk), nil
+	}
+}
+
+// keyAlgorithm is the one algorithm a key verifies: its published alg, else the one its type
+// implies, as Kubernetes signs: RS256 for RSA keys, ES256, ES384 or ES512 by the curve of EC
+// keys. "" for a key no accepted algorithm fits.
+func keyAlgorithm(jwk jwkset.JWK) string {
+	m := jwk.Marshal()
+	if m.ALG != "" {
+		return string(m.ALG)
+	}
+	switch key := publicKey(jwk).(type) {
+	case *rsa.PublicKey:
+		return "RS256"
+	case *ecdsa.PublicKey:
+		switch key.Curve.Params().Name {
+		case "P-256":
+			return "ES256"
+		case "P-384":
+			return "ES384"
+		case "P-521":
+			return "ES512"
+		}
+	}
+	return ""
+}
+
+// publicKey returns the public half of a JWK's key.
+func publicKey(jwk jwkset.JWK) any {
+	key := jwk.Key()
+	if pk, ok := key.(interface{ Public() crypto.PublicKey }); ok {
+		return pk.Public()
+	}
+	return key
 }
 
 // refresh fetches the JWKS, or waits for the fetch already in progress. With limited set, a
@@ -149,7 +234,7 @@ func (k *keySet) fetch(ctx context.Context) error {
 		// Private: false keeps only public material even if a broken endpoint publishes more.
 		jwk, err := jwkset.NewJWKFromMarshal(m, jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
 		if err != nil {
-			skipped = append(skipped, fmt.Errorf("key %d (kid %q): %w", i, m.KID, err))
+			skipped = append(skipped, fmt.Errorf("key %d (kid %s): %w", i, quote(m.KID), err))
 			continue
 		}
 		keys = append(keys, jwk)

@@ -439,21 +439,3 @@ func checkRune(r rune) error {
 	}
 	return nil
 }
-
-// quoteFunc defers quote until a message is formatted.
-type quoteFunc string
-
-func (q quoteFunc) String() string { return quote(string(q)) }
-
-// quote quotes s for a message, shortened when long.
-func quote(s string) string {
-	const limit = 64
-	if len(s) > limit {
-		cut := limit
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		return strconv.Quote(s[:cut]) + "..."
-	}
-	return strconv.Quote(s)
-}

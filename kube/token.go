@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/MicahParks/jwkset"
-	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -43,6 +42,12 @@ const (
 	maxTokenBytes = 16 << 10
 	// usernamePrefix starts the sub of every ServiceAccount token.
 	usernamePrefix = "system:serviceaccount:"
+	// maxErrorDetail bounds the text of a parse error quoted in a refusal: it can carry parts
+	// of the token (a number too large, say), and the token is the client's to choose.
+	maxErrorDetail = 256
+	// maxObjectName bounds the pod name and uid taken from a verified token, which reach the
+	// decision log: Kubernetes names are at most 253 bytes.
+	maxObjectName = 253
 )
 
 // validMethods are the signing algorithms accepted: asymmetric only, never none or HS*, so a
@@ -122,7 +127,6 @@ type VerifierConfig struct {
 // Verifier checks ServiceAccount tokens against the cluster's JWKS. It is safe for concurrent use.
 type Verifier struct {
 	keys            *keySet
-	keyfunc         keyfunc.Keyfunc
 	parser          *jwt.Parser
 	issuer          string
 	audience        string
@@ -178,13 +182,8 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 			Help: "Failed JWKS fetches (background and unknown-kid refreshes).",
 		}),
 	}
-	kf, err := keyfunc.New(keyfunc.Options{Ctx: ctx, Storage: keys})
-	if err != nil {
-		return nil, fmt.Errorf("kube: keyfunc: %w", err)
-	}
 	v := &Verifier{
-		keys:    keys,
-		keyfunc: kf,
+		keys: keys,
 		parser: jwt.NewParser(
 			jwt.WithValidMethods(validMethods),
 			jwt.WithIssuer(cfg.Issuer),
@@ -249,7 +248,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedToken, len(token), maxTokenBytes)
 	}
 	var claims ServiceAccountClaims
-	if _, err := v.parser.ParseWithClaims(token, &claims, v.keyfunc.KeyfuncCtx(ctx)); err != nil {
+	if _, err := v.parser.ParseWithClaims(token, &claims, v.keys.keyfunc(ctx)); err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return Identity{}, fmt.Errorf("verify token: %w", ctxErr)
 		}
@@ -260,30 +259,32 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 
 // classify maps a jwt parse error onto one sentinel. Claim errors are joined by the jwt
 // package (a token may be both expired and for another issuer), so the signed claims are
-// inspected to pick the most fundamental one: not ours at all before merely stale.
+// inspected to pick the most fundamental one: not ours at all before merely stale. What the
+// token says is quoted shortened (see quote): the token is the client's to make up.
 func (v *Verifier) classify(err error, c *ServiceAccountClaims) error {
+	detail := clip(err.Error(), maxErrorDetail)
 	switch {
 	case errors.Is(err, jwt.ErrTokenMalformed):
-		return fmt.Errorf("%w: %w", ErrMalformedToken, err)
+		return fmt.Errorf("%w: %s", ErrMalformedToken, detail)
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return fmt.Errorf("%w: %w", ErrBadSignature, err)
+		return fmt.Errorf("%w: %s", ErrBadSignature, detail)
 	case !errors.Is(err, jwt.ErrTokenInvalidClaims):
-		return fmt.Errorf("%w: %w", ErrMalformedToken, err)
+		return fmt.Errorf("%w: %s", ErrMalformedToken, detail)
 	}
 	// From here on the signature is valid: the claims are the issuer's.
 	switch {
 	case c.Issuer != v.issuer:
-		return fmt.Errorf("%w: %q", ErrWrongIssuer, c.Issuer)
+		return fmt.Errorf("%w: %s", ErrWrongIssuer, quote(c.Issuer))
 	case !slices.Contains(c.Audience, v.audience):
-		return fmt.Errorf("%w: %q", ErrWrongAudience, []string(c.Audience))
+		return fmt.Errorf("%w: %s", ErrWrongAudience, quoteList(c.Audience))
 	case c.ExpiresAt == nil:
 		return fmt.Errorf("%w: no exp", ErrBadClaims)
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return fmt.Errorf("%w: exp %s", ErrExpired, c.ExpiresAt.UTC().Format(time.RFC3339))
 	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return fmt.Errorf("%w: %w", ErrNotYetValid, err)
+		return fmt.Errorf("%w: %s", ErrNotYetValid, detail)
 	default:
-		return fmt.Errorf("%w: %w", ErrBadClaims, err)
+		return fmt.Errorf("%w: %s", ErrBadClaims, detail)
 	}
 }
 
@@ -300,22 +301,22 @@ func identityFrom(c *ServiceAccountClaims) (Identity, error) {
 	}
 	ns, name := k.Namespace, k.ServiceAccount.Name
 	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-		return Identity{}, fmt.Errorf("%w: namespace %q: %s", ErrBadClaims, ns, strings.Join(errs, "; "))
+		return Identity{}, fmt.Errorf("%w: namespace %s is not a DNS label", ErrBadClaims, quote(ns))
 	}
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-		return Identity{}, fmt.Errorf("%w: serviceaccount name %q: %s", ErrBadClaims, name, strings.Join(errs, "; "))
+		return Identity{}, fmt.Errorf("%w: serviceaccount name %s is not a DNS subdomain", ErrBadClaims, quote(name))
 	}
 	if want := usernamePrefix + ns + ":" + name; c.Subject != want {
-		return Identity{}, fmt.Errorf("%w: sub %q does not match kubernetes.io (%q)", ErrBadClaims, c.Subject, want)
+		return Identity{}, fmt.Errorf("%w: sub %s does not match kubernetes.io (%q)", ErrBadClaims, quote(c.Subject), want)
 	}
 	id := Identity{
 		Namespace: ns,
 		Name:      name,
-		UID:       k.ServiceAccount.UID,
+		UID:       clip(k.ServiceAccount.UID, maxObjectName),
 		Expiry:    c.ExpiresAt.Time,
 	}
 	if k.Pod != nil {
-		id.PodName, id.PodUID = k.Pod.Name, k.Pod.UID
+		id.PodName, id.PodUID = clip(k.Pod.Name, maxObjectName), clip(k.Pod.UID, maxObjectName)
 	}
 	return id, nil
 }

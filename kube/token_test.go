@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -687,5 +688,160 @@ func TestVerifierLogsNoTokens(t *testing.T) {
 				t.Fatalf("logs contain part of a token:\n%s", out)
 			}
 		}
+	}
+}
+
+// forge signs claims with method and key under exactly the given header fields (alg is set
+// by method).
+func forge(t testing.TB, method jwt.SigningMethod, key any, header map[string]any, c jwt.Claims) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, c)
+	delete(tok.Header, "typ")
+	maps.Copy(tok.Header, header)
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// withoutAlg is the JWKS of issuers with the alg of every key removed.
+func withoutAlg(t testing.TB, issuers ...*kubefake.TokenIssuer) []byte {
+	t.Helper()
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	for _, iss := range issuers {
+		var one struct {
+			Keys []map[string]any `json:"keys"`
+		}
+		if err := json.Unmarshal(iss.JWKS(), &one); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range one.Keys {
+			delete(k, "alg")
+		}
+		set.Keys = append(set.Keys, one.Keys...)
+	}
+	b, err := json.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestVerifyTokenHeader checks what a token's header may ask for: a crit header is refused
+// before any key is looked up, and a key verifies only its own algorithm, with a kid and
+// without, whether the JWKS publishes the key's alg or leaves it to the key type.
+func TestVerifyTokenHeader(t *testing.T) {
+	is := testIssuers(t)
+	rsaIss, ecIss := is[0], is[3]
+	claims := func() *kube.ServiceAccountClaims {
+		return rsaIss.Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
+	}
+	rsaKey, ecKey := rsaIss.Key(), ecIss.Key()
+	rsaKID, ecKID := map[string]any{"kid": rsaIss.KeyID()}, map[string]any{"kid": ecIss.KeyID()}
+	noKID := map[string]any{}
+	tests := []struct {
+		name   string
+		token  string
+		want   error // nil: accepted
+		detail string
+	}{
+		{"RS256 with kid", forge(t, jwt.SigningMethodRS256, rsaKey, rsaKID, claims()), nil, ""},
+		{"RS256 without kid", forge(t, jwt.SigningMethodRS256, rsaKey, noKID, claims()), nil, ""},
+		{"ES256 with kid", forge(t, jwt.SigningMethodES256, ecKey, ecKID, claims()), nil, ""},
+		{"ES256 without kid", forge(t, jwt.SigningMethodES256, ecKey, noKID, claims()), nil, ""},
+		{"PS256 by the RS256 key, with kid", forge(t, jwt.SigningMethodPS256, rsaKey, rsaKID, claims()), kube.ErrBadSignature, "is for algorithm RS256, the token says PS256"},
+		{"PS256 by the RS256 key, without kid", forge(t, jwt.SigningMethodPS256, rsaKey, noKID, claims()), kube.ErrBadSignature, "none of the 2 keys loaded is for algorithm PS256"},
+		{"RS512 by the RS256 key, without kid", forge(t, jwt.SigningMethodRS512, rsaKey, noKID, claims()), kube.ErrBadSignature, "algorithm RS512"},
+		{"crit with kid", forge(t, jwt.SigningMethodRS256, rsaKey, map[string]any{"kid": rsaIss.KeyID(), "crit": []string{"exp"}, "exp": 1}, claims()), kube.ErrBadSignature, "critical extensions"},
+		{"crit without kid", forge(t, jwt.SigningMethodRS256, rsaKey, map[string]any{"crit": []string{"b64"}, "b64": false}, claims()), kube.ErrBadSignature, "critical extensions"},
+		{"empty crit", forge(t, jwt.SigningMethodRS256, rsaKey, map[string]any{"kid": rsaIss.KeyID(), "crit": []string{}}, claims()), kube.ErrBadSignature, "critical extensions"},
+		{"crit with an unknown kid", forge(t, jwt.SigningMethodRS256, rsaKey, map[string]any{"kid": "not-published", "crit": []string{"x"}}, claims()), kube.ErrBadSignature, "critical extensions"},
+		{"kid not a string", forge(t, jwt.SigningMethodRS256, rsaKey, map[string]any{"kid": 7}, claims()), kube.ErrBadSignature, "kid header is not a string"},
+	}
+	for _, published := range []bool{true, false} {
+		t.Run(map[bool]string{true: "alg published", false: "alg left to the key type"}[published], func(t *testing.T) {
+			srv := newJWKSServer(t, rsaIss, ecIss)
+			if !published {
+				srv.mu.Lock()
+				srv.body = withoutAlg(t, rsaIss, ecIss)
+				srv.mu.Unlock()
+			}
+			v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = time.Nanosecond })
+			waitKeys(t, v, 2)
+			for _, tt := range tests {
+				before := srv.hits.Load()
+				id, err := v.Verify(context.Background(), tt.token)
+				switch {
+				case tt.want == nil && err != nil:
+					t.Errorf("%s: Verify: %v", tt.name, err)
+				case tt.want == nil && id.Namespace != "team-a":
+					t.Errorf("%s: identity %+v", tt.name, id)
+				case tt.want != nil && (!errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.detail)):
+					t.Errorf("%s: Verify error = %v, want %v saying %q", tt.name, err, tt.want, tt.detail)
+				}
+				if strings.Contains(tt.name, "crit") && srv.hits.Load() != before {
+					t.Errorf("%s: the JWKS was fetched for a token refused by its header", tt.name)
+				}
+			}
+		})
+	}
+}
+
+// TestVerifyErrorsAreBounded checks that what a token says is quoted shortened in the error:
+// kid, issuer, audience, sub, names, and parse errors that quote the token.
+func TestVerifyErrorsAreBounded(t *testing.T) {
+	is := testIssuers(t)
+	good := is[0]
+	srv := newJWKSServer(t, good)
+	v, _ := newTestVerifier(t, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	waitKeys(t, v, 1)
+	long := strings.Repeat("é", 2000) // 4,000 bytes: tokens stay below MaxTokenBytes
+	claims := func(mod func(c *kube.ServiceAccountClaims)) *kube.ServiceAccountClaims {
+		c := good.Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
+		mod(c)
+		return c
+	}
+	manyAud := make([]string, 100)
+	for i := range manyAud {
+		manyAud[i] = long[:60]
+	}
+	header := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"RS256","kid":"` + good.KeyID() + `"}`))
+	hugeExp := base64.RawURLEncoding.EncodeToString([]byte(`{"exp":1` + strings.Repeat("0", 8000) + `}`))
+	tests := []struct {
+		name  string
+		token string
+		want  error
+	}{
+		{"long kid", forge(t, jwt.SigningMethodRS256, good.Key(), map[string]any{"kid": long}, claims(func(*kube.ServiceAccountClaims) {})), kube.ErrBadSignature},
+		{"long issuer", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Issuer = long })), kube.ErrWrongIssuer},
+		{"long audience", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Audience = jwt.ClaimStrings{long} })), kube.ErrWrongAudience},
+		{"many audiences", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Audience = manyAud })), kube.ErrWrongAudience},
+		{"long sub", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Subject = long })), kube.ErrBadClaims},
+		{"long namespace", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes.Namespace = long })), kube.ErrBadClaims},
+		{"long name", mustSign(t, good, claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes.ServiceAccount.Name = long })), kube.ErrBadClaims},
+		{"huge number", header + "." + hugeExp + ".c2ln", kube.ErrMalformedToken},
+	}
+	for _, tt := range tests {
+		_, err := v.Verify(context.Background(), tt.token)
+		if !errors.Is(err, tt.want) {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.want)
+			continue
+		}
+		if msg := err.Error(); len(msg) > 1024 || !strings.Contains(msg, "truncated") && !strings.Contains(msg, "more]") {
+			t.Errorf("%s: error of %d bytes, want at most 1 KiB with a truncation marker: %.300s", tt.name, len(msg), msg)
+		}
+	}
+
+	// A bound token's pod name and uid reach the decision log: bounded too.
+	c := claims(func(c *kube.ServiceAccountClaims) { c.Kubernetes.Pod = &kube.ObjectRef{Name: long, UID: long} })
+	id, err := v.Verify(context.Background(), mustSign(t, good, c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id.PodName) > 300 || len(id.PodUID) > 300 {
+		t.Errorf("pod name of %d bytes and uid of %d, want them shortened", len(id.PodName), len(id.PodUID))
 	}
 }
