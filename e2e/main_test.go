@@ -37,6 +37,7 @@ var suite *suiteEnv
 
 type suiteEnv struct {
 	serviceBin string // the service under test
+	floorBin   string // a callout doing the protocol's own work only (e2e/floor), for TestLoad
 	natsServer string // nats-server binary
 	natsCLI    string // nats (NATS CLI) binary
 	kubectl    string
@@ -65,7 +66,7 @@ type suiteEnv struct {
 
 // required are the variables scripts/e2e.sh provides (most from cluster-up.sh's env file).
 var required = []string{
-	"E2E_BIN", "E2E_SERVICE_BIN", "E2E_WORK_DIR",
+	"E2E_BIN", "E2E_SERVICE_BIN", "E2E_FLOOR_BIN", "E2E_WORK_DIR",
 	"KUBECONFIG", "KUBECTL", "KUBE_API_URL", "KUBE_ISSUER", "KUBE_CA_FILE", "KUBE_SA_KEY",
 }
 
@@ -99,6 +100,7 @@ func loadSuite() (*suiteEnv, error) {
 	}
 	s := &suiteEnv{
 		serviceBin: vals["E2E_SERVICE_BIN"],
+		floorBin:   vals["E2E_FLOOR_BIN"],
 		natsServer: filepath.Join(vals["E2E_BIN"], "nats-server"),
 		natsCLI:    filepath.Join(vals["E2E_BIN"], "nats"),
 		kubectl:    vals["KUBECTL"],

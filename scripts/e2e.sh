@@ -79,6 +79,8 @@ e2e_log "building the service binary"
 CGO_ENABLED=0 go build -trimpath \
 	-ldflags "-X main.version=e2e -X main.commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
 	-o "$work/bin/nats-k8s-oidc-callout" .
+# The load run's yardstick: a callout doing the protocol's own work only.
+go build -trimpath -o "$work/bin/floor-callout" ./e2e/floor
 # Compiles the suite (into the build cache) before anything starts, so a compile error costs
 # no control plane and the run below measures the tests alone.
 e2e_log "compiling the end-to-end suite"
@@ -94,6 +96,7 @@ set +a
 t_cluster=$((SECONDS - phase))
 
 export E2E_SERVICE_BIN=$work/bin/nats-k8s-oidc-callout
+export E2E_FLOOR_BIN=$work/bin/floor-callout
 export E2E_WORK_DIR=$work/run
 
 phase=$SECONDS
