@@ -4,6 +4,7 @@
 #   make test    vet and run the unit and integration tests (embedded nats-server, race detector)
 #   make e2e     end-to-end suite on a real kube-apiserver, etcd, nats-server and NATS CLI
 #   make bench   benchmarks of the decision path
+#   make fuzz    every fuzz target for FUZZTIME (default 1m) each; make test runs each for 3s
 #   make build   static binary in bin/ (without dev mode's embedded nats-server)
 #   make image   container image (needs docker or podman)
 #   make lint    gofmt, go vet and golangci-lint
@@ -19,7 +20,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # run without it (and say so) rather than fail.
 RACE    := $(if $(filter 1,$(shell go env CGO_ENABLED)),-race,)
 
-.PHONY: all build test race bench demo check e2e tools lint image clean
+.PHONY: all build test race bench fuzz demo check e2e tools lint image clean
 
 all: build test
 
@@ -30,9 +31,15 @@ test:
 	@test -n "$(RACE)" || echo "no C compiler (cgo off): running the tests without the race detector"
 	go vet ./...
 	go test $(RACE) -count=1 ./...
+	FUZZTIME=3s scripts/fuzz.sh
 
 bench:
 	go test -run '^$$' -bench . -benchmem ./callout/ ./kube/ ./reload/
+
+# A failing input lands in the package's testdata/fuzz/: commit it with the fix (scripts/fuzz.sh).
+FUZZTIME ?= 1m
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 demo:
 	go run . dev

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -37,8 +39,10 @@ type rig struct {
 	server  nkeys.KeyPair // the nats-server's nkey
 	serverX nkeys.KeyPair // the nats-server's curve key
 	xkey    nkeys.KeyPair // the service's curve key (auth_callout.xkey), nil when not set
-	reg     *prometheus.Registry
-	logs    *testsupport.LogBuffer
+	// The public keys, for what runs inside a fuzz target (where r.t must not be used).
+	issuerPub, serverPub, xkeyPub string
+	reg                           *prometheus.Registry
+	logs                          *testsupport.LogBuffer
 	// now is the handler's clock, rigNow unless a test moves it.
 	now time.Time
 }
@@ -55,6 +59,8 @@ type rigOptions struct {
 	verify func(ctx context.Context, token string) (kube.Identity, error)
 	// policy replaces the stub policy source.
 	policy func(id kube.Identity) (kube.Policy, error)
+	// log receives the handler's log instead of rig.logs.
+	log io.Writer
 }
 
 type funcVerifier func(ctx context.Context, token string) (kube.Identity, error)
@@ -85,9 +91,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		server:  fixedKey(t, nkeys.PrefixByteServer, 2),
 		serverX: fixedKey(t, nkeys.PrefixByteCurve, 3),
 	}
+	r.issuerPub, r.serverPub = pub(t, r.issuer), pub(t, r.server)
 	var xk *callout.XKey
 	if o.encrypted {
 		r.xkey = fixedKey(t, nkeys.PrefixByteCurve, 4)
+		r.xkeyPub = pub(t, r.xkey)
 		var err error
 		if xk, err = callout.ParseXKey(seed(t, r.xkey)); err != nil {
 			t.Fatal(err)
@@ -109,13 +117,16 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if o.onKeys == nil {
 		o.onKeys = func(string) {}
 	}
+	if o.log == nil {
+		o.log = r.logs
+	}
 	signing := fixedRing(t, r.issuer)
 	cfg := callout.HandlerConfig{
 		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy),
 		SigningKeys: func() *callout.KeyRing { o.onKeys("signing"); return signing() },
 		XKey:        func() *callout.XKey { return xk },
 		Account:     "APP",
-		Logger:      slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:      slog.New(slog.NewJSONHandler(o.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Metrics:     callout.NewMetrics(r.reg),
 		Now:         func() time.Time { return r.now },
 	}
@@ -124,7 +135,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		targetRing := fixedRing(t, target)
 		cfg.Account = pub(t, target)
 		cfg.Operator = &callout.OperatorConfig{
-			CalloutAccount: func() string { return pub(t, r.issuer) },
+			CalloutAccount: func() string { return r.issuerPub },
 			TargetKeys:     func() *callout.KeyRing { o.onKeys("target"); return targetRing() },
 		}
 	}
@@ -170,14 +181,14 @@ func (r *rig) request(rc *natsjwt.AuthorizationRequestClaims) ([]byte, nats.Head
 	return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(r.t, r.serverX)}}
 }
 
-// response opens (when sealed) and decodes a reply, and checks that it is a response the
-// server would take: signed by the issuer, for the server, naming a user nkey, carrying either
-// a user JWT or an error.
+// response opens (when the rig is encrypted) and decodes a reply, and checks that it is a
+// response the server would take: signed by the issuer, for the server, naming a user nkey,
+// carrying either a user JWT or an error.
 func (r *rig) response(reply []byte) (*natsjwt.AuthorizationResponseClaims, error) {
-	if r.xkey != nil && bytes.HasPrefix(reply, []byte("xkv1")) {
-		opened, err := r.serverX.Open(reply, pub(r.t, r.xkey))
+	if r.xkey != nil {
+		opened, err := r.serverX.Open(reply, r.xkeyPub)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("response not sealed to the server's xkey: %w", err)
 		}
 		reply = opened
 	}
@@ -185,9 +196,9 @@ func (r *rig) response(reply []byte) (*natsjwt.AuthorizationResponseClaims, erro
 	switch {
 	case err != nil:
 		return nil, err
-	case rc.Issuer != pub(r.t, r.issuer):
+	case rc.Issuer != r.issuerPub:
 		return nil, errors.New("response not signed by the issuer")
-	case rc.Audience != pub(r.t, r.server):
+	case rc.Audience != r.serverPub:
 		return nil, errors.New("response not for the server")
 	case !nkeys.IsValidPublicUserKey(rc.Subject):
 		return nil, errors.New("response names no user nkey")
