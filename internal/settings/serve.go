@@ -21,6 +21,11 @@ const DefaultJWKSURL = "https://kubernetes.default.svc/openid/v1/jwks"
 // IssuerAuto as JWT_ISSUER reads the issuer from the API server's OIDC discovery at start-up.
 const IssuerAuto = "auto"
 
+// DefaultMaxTTL is USER_JWT_MAX_TTL's default: Kubernetes' default projected-token lifetime, so
+// that a long-lived token (a legacy Secret token, or one forged by whoever holds the cluster's
+// signing key) does not give a user JWT that lives for years.
+const DefaultMaxTTL = time.Hour
+
 // Serve is every setting of the serve command (the sidecar).
 type Serve struct {
 	NATSURL               string
@@ -136,7 +141,8 @@ func ServeTable(c *Serve, inPod bool) Table {
 	s = append(s, String(&c.HTTPAddr, "HTTP_ADDR", "http-addr", ":8080", "address for /healthz, /readyz and /metrics").doc("`/healthz`, `/readyz`, `/metrics`"))
 	s = append(s, policySettings(&c.Policy)...)
 	s = append(s,
-		Duration(&c.MaxTTL, "USER_JWT_MAX_TTL", "user-jwt-max-ttl", 0, "cap on user JWT lifetime; 0 means the token's own expiry").defaultDoc("`0` (token expiry)").doc("cap on the user JWT lifetime; never later than the token's `exp`"),
+		Duration(&c.MaxTTL, "USER_JWT_MAX_TTL", "user-jwt-max-ttl", DefaultMaxTTL, "cap on user JWT lifetime, never beyond the token's expiry; 0 means the token's expiry").
+			doc("cap on the user JWT lifetime, never later than the token's `exp`: a client reconnects, and its token and ServiceAccount are checked again, at least this often. The default is Kubernetes' default projected-token lifetime; `0` means the token's `exp` alone, which for a long-lived token is years (see [Security](security.md))"),
 		Int(&c.Workers, "CALLOUT_WORKERS", "callout-workers", 0, "concurrent requests; 0 means 4 per CPU").alias("workers").defaultDoc("4 per CPU").doc("requests handled concurrently"),
 		Duration(&c.RequestTimeout, "CALLOUT_REQUEST_TIMEOUT", "callout-request-timeout", 1500*time.Millisecond,
 			"per-request deadline; must stay below the server's authorization timeout (default 2s); at most 10s").alias("request-timeout").doc("per-request deadline, counted from the request's arrival; must stay below the server's `authorization.timeout` (default 2 s). Accepted up to 10 s, for servers configured with a longer timeout"),

@@ -34,6 +34,9 @@ func TestParseServe(t *testing.T) {
 		c.RequestTimeout != 1500*time.Millisecond || c.JWKSRefresh != time.Hour || c.Log.Format != "json" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
+	if c.MaxTTL != time.Hour {
+		t.Errorf("USER_JWT_MAX_TTL = %s, want the default 1h", c.MaxTTL)
+	}
 	if c.Policy.MaxEntries != 1000 || c.Policy.Defaults().MaxEntries != 1000 {
 		t.Errorf("ANNOTATION_MAX_ENTRIES = %d, want the default 1000 passed on to the policy", c.Policy.MaxEntries)
 	}
@@ -71,6 +74,8 @@ func TestParseServeSources(t *testing.T) {
 			func(c Serve) bool { return !c.Kube.InCluster }},
 		{"JWKS_URL set", map[string]string{"JWKS_URL": "https://example.com/jwks"}, nil, func(c Serve) bool { return c.JWKSURLSet }},
 		{"--jwks-url set", nil, []string{"--jwks-url", "https://example.com/jwks"}, func(c Serve) bool { return c.JWKSURLSet }},
+		{"USER_JWT_MAX_TTL=0 leaves the token's expiry alone", map[string]string{"USER_JWT_MAX_TTL": "0"}, nil,
+			func(c Serve) bool { return c.MaxTTL == 0 }},
 		{"an optional setting set empty is off", map[string]string{"NATS_XKEY_FILE": "", "WATCH_NAMESPACES": ""}, nil,
 			func(c Serve) bool { return c.XKeyFile == "" && c.Policy.Namespaces == "" }},
 	}
