@@ -40,6 +40,7 @@ const (
 	calloutValuesFile    = "../helm-values/callout-values.yaml"
 	namespacedValuesFile = "../helm-values/callout-values-namespaced.yaml"
 	podMonitorFile       = "../helm-values/podmonitor.yaml"
+	installGuide         = "../docs/install.md"
 	chartStatefulSet     = "../testdata/nats-statefulset.yaml"
 	sidecarName          = "nats-callout"
 	sidecarPort          = "callout-http"
@@ -126,6 +127,9 @@ type chart struct {
 	release, namespace string
 	// serviceAccount is .Values.serviceAccount.name; the chart defaults it to the full name.
 	serviceAccount string
+	// values are the merged values (before templating) that templates read as .Values, as the
+	// chart's templating of values does (e.g. .Values.calloutImage).
+	values map[string]any
 }
 
 // fullname is the chart's nats.fullname for a release without name overrides.
@@ -137,9 +141,9 @@ func (c chart) fullname() string {
 }
 
 // render evaluates every `$tplYaml` in v as the chart does (a Go template with the chart's
-// helpers, the result parsed as YAML). The templates use only include, quote, fail and
-// .Values.serviceAccount.name; anything else is an error, so that a template the chart could
-// not render does not pass here.
+// helpers, the result parsed as YAML). The templates use only include, quote, fail, with, if,
+// .Values.serviceAccount.name and the other values in c.values; anything else is an error
+// (a missing value too), so that a template the chart could not render does not pass here.
 func (c chart) render(v any) (any, error) {
 	switch v := v.(type) {
 	case map[string]any:
@@ -180,6 +184,12 @@ func (c chart) render(v any) (any, error) {
 	}
 }
 
+// renderValues renders all of values with values as the templates' .Values, as the chart does.
+func (c chart) renderValues(values map[string]any) (any, error) {
+	c.values = values
+	return c.render(values)
+}
+
 func (c chart) tplYaml(src string) (any, error) {
 	sa := c.serviceAccount
 	if sa == "" {
@@ -205,8 +215,13 @@ func (c chart) tplYaml(src string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	values := maps.Clone(c.values)
+	if values == nil {
+		values = map[string]any{}
+	}
+	values["serviceAccount"] = mergeMaps(mapOrEmpty(values["serviceAccount"]), map[string]any{"name": sa})
 	ctx := map[string]any{
-		"Values":  map[string]any{"serviceAccount": map[string]any{"name": sa}},
+		"Values":  values,
 		"Release": map[string]any{"Name": c.release, "Namespace": c.namespace},
 	}
 	var b bytes.Buffer
@@ -220,10 +235,25 @@ func (c chart) tplYaml(src string) (any, error) {
 	return out, nil
 }
 
+func mapOrEmpty(v any) map[string]any {
+	if m, ok := v.(map[string]any); ok {
+		return m
+	}
+	return map[string]any{}
+}
+
 // podTemplate applies podTemplate.merge and podTemplate.patch of values to the chart's
-// StatefulSet, in the chart's order, and returns the StatefulSet as generic maps.
+// StatefulSet, in the chart's order, and returns the StatefulSet as generic maps. The chart
+// templates the values first (the sidecar's image comes from .Values.calloutImage); values
+// already rendered are left as they are.
 func podTemplate(t *testing.T, values map[string]any) map[string]any {
 	t.Helper()
+	rendered, err := chart{release: "nats", namespace: "nats", values: values}.render(values["podTemplate"])
+	if err != nil {
+		t.Fatalf("podTemplate does not render: %v", err)
+	}
+	values = maps.Clone(values)
+	values["podTemplate"] = rendered
 	sts := readYAML(t, chartStatefulSet)
 	tmpl := get(sts, "spec", "template").(map[string]any)
 	if m, ok := get(values, "podTemplate", "merge").(map[string]any); ok {
@@ -689,6 +719,65 @@ func TestHelmValuesInstall(t *testing.T) {
 	}
 }
 
+// TestHelmValuesImage: the sidecar's image comes from the top-level calloutImage, so one line
+// of the user's own (docs/install.md shows it) changes the repository, tag, digest or pull
+// policy without repeating the podTemplate.patch list, in both modes' values files.
+func TestHelmValuesImage(t *testing.T) {
+	guide, err := os.ReadFile(installGuide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var guideLines []string
+	for _, line := range strings.Split(string(guide), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "calloutImage:") {
+			guideLines = append(guideLines, line)
+		}
+	}
+	if len(guideLines) == 0 {
+		t.Fatalf("%s shows no one-line calloutImage override", installGuide)
+	}
+	const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	overrides := append(guideLines,
+		"calloutImage: {tag: v9.8.7}",
+		"calloutImage: {repository: mirror.example.com/callout, tag: v1.2.3, pullPolicy: Always}",
+		"calloutImage: {digest: "+digest+"}",
+		"calloutImage: {pullPolicy: \"\"}",
+	)
+	ns := newNamespace(t, "helm-values-image-"+randomHex(3))
+	for _, file := range []string{calloutValuesFile, operatorValuesFile} {
+		base := readYAML(t, file)
+		if file == operatorValuesFile {
+			base = mergeValues(base, parseYAML(t, "account", []byte("podTemplate: {merge: {metadata: {annotations: {"+accountAnnotation+": AAAA}}}}")))
+		}
+		def := get(base, "calloutImage").(map[string]any)
+		for _, o := range append([]string{""}, overrides...) {
+			overlay := parseYAML(t, o, []byte(o))
+			want := mergeMaps(def, mapOrEmpty(overlay["calloutImage"]))
+			wantImage := fmt.Sprintf("%s:%s", want["repository"], want["tag"])
+			if d, _ := want["digest"].(string); d != "" {
+				wantImage = fmt.Sprintf("%s@%s", want["repository"], d)
+			}
+			wantPolicy, _ := want["pullPolicy"].(string)
+
+			stsMap := podTemplate(t, mergeValues(base, overlay))
+			sts := typed[appsv1.StatefulSet](t, stsMap)
+			sc := sts.Spec.Template.Spec.Containers[2]
+			if sc.Image != wantImage || string(sc.ImagePullPolicy) != wantPolicy {
+				t.Errorf("%s with %q: image %q pull policy %q, want %q %q", file, o, sc.Image, sc.ImagePullPolicy, wantImage, wantPolicy)
+			}
+			for i, c := range sts.Spec.Template.Spec.Containers[:2] {
+				if c.Image != typed[appsv1.StatefulSet](t, readYAML(t, chartStatefulSet)).Spec.Template.Spec.Containers[i].Image {
+					t.Errorf("%s with %q changed the chart's %s image", file, o, c.Name)
+				}
+			}
+			if strings.Contains(o, digest) {
+				stsMap["metadata"].(map[string]any)["namespace"] = ns
+				kubectl(t, "apply", "--dry-run=server", "-f", writeManifests(t, "statefulset.yaml", stsMap))
+			}
+		}
+	}
+}
+
 func TestHelmValuesNamespaced(t *testing.T) {
 	ns := newNamespace(t, "helm-values-ns-"+randomHex(3))
 	teams := []string{newNamespace(t, "team-a-"+randomHex(3)), newNamespace(t, "team-b-"+randomHex(3))}
@@ -1033,7 +1122,7 @@ func checkOperatorSidecar(t *testing.T, sts appsv1.StatefulSet) {
 // rendering stops at a placeholder that says which nsc command gives the value.
 func TestHelmValuesOperatorNeedsSettings(t *testing.T) {
 	values := readYAML(t, operatorValuesFile)
-	c := chart{release: "nats", namespace: "nats"}
+	c := chart{release: "nats", namespace: "nats", values: values}
 	for _, p := range []struct {
 		part, want string
 	}{{"config", sentinelCommand}, {"podTemplate", appKeyCommand}} {
@@ -1049,11 +1138,11 @@ func TestHelmValuesOperatorNeedsSettings(t *testing.T) {
 		overlay map[string]any
 		want    string
 	}{{"the sentinel only", sentinel, appKeyCommand}, {"APP's key only", account, sentinelCommand}} {
-		if _, err := c.render(mergeValues(values, p.overlay)); err == nil || !strings.Contains(err.Error(), p.want) {
+		if _, err := c.renderValues(mergeValues(values, p.overlay)); err == nil || !strings.Contains(err.Error(), p.want) {
 			t.Errorf("with %s, the values render: %v (want a message naming `%s`)", p.what, err, p.want)
 		}
 	}
-	if _, err := c.render(mergeValues(values, sentinel, account)); err != nil {
+	if _, err := c.renderValues(mergeValues(values, sentinel, account)); err != nil {
 		t.Errorf("with both values: %v", err)
 	}
 }
@@ -1071,7 +1160,7 @@ func TestHelmValuesOperator(t *testing.T) {
 	// authorization block (nats-server refuses auth_callout in it with an operator), no
 	// resolver. The release's operator-mode settings are kept as they were.
 	for k := range file {
-		if !slices.Contains([]string{"serviceAccount", "config", "podTemplate", "extraResources"}, k) {
+		if !slices.Contains([]string{"calloutImage", "serviceAccount", "config", "podTemplate", "extraResources"}, k) {
 			t.Errorf("%s sets %s", operatorValuesFile, k)
 		}
 	}
@@ -1085,7 +1174,7 @@ func TestHelmValuesOperator(t *testing.T) {
 		t.Error("serviceAccount.enabled is not true: the pod would run as the namespace's default ServiceAccount")
 	}
 	// The chart templates every value ($tplYaml anywhere in .Values), then uses them.
-	r, err := c.render(values)
+	r, err := c.renderValues(values)
 	if err != nil {
 		t.Fatalf("the values with the user's file: %v", err)
 	}
@@ -1110,7 +1199,7 @@ func TestHelmValuesOperator(t *testing.T) {
 	}
 
 	// callout-values-namespaced.yaml works after this file as after callout-values.yaml.
-	nsValues, err := c.render(mergeValues(release, file, readYAML(t, namespacedValuesFile), userOverlay(t, s)))
+	nsValues, err := c.renderValues(mergeValues(release, file, readYAML(t, namespacedValuesFile), userOverlay(t, s)))
 	if err != nil {
 		t.Fatal(err)
 	}
