@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -111,5 +112,48 @@ func TestInit(t *testing.T) {
 	}
 	if code, out, errOut := initCmd("--finish-rotation"); code != 0 {
 		t.Fatalf("init --finish-rotation: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// TestBuildVersion: version and commit are each shown once, whether they come from the
+// Makefile's -ldflags or from the build information of `go install module@version`.
+func TestBuildVersion(t *testing.T) {
+	info := func(mainVersion string, settings ...string) *debug.BuildInfo {
+		bi := &debug.BuildInfo{Main: debug.Module{Version: mainVersion}}
+		for i := 0; i+1 < len(settings); i += 2 {
+			bi.Settings = append(bi.Settings, debug.BuildSetting{Key: settings[i], Value: settings[i+1]})
+		}
+		return bi
+	}
+	const rev = "0123456789abcdef0123456789abcdef01234567"
+	for _, c := range []struct {
+		name, version, commit string
+		bi                    *debug.BuildInfo
+		wantV, wantC          string
+	}{
+		{"make, a release tag", "v0.1.0", "0123456", info("(devel)"), "v0.1.0", "0123456"},
+		{"make, no tag", "dev", "0123456", info("(devel)"), "dev", "0123456"},
+		{"make, uncommitted changes", "dev-dirty", "0123456", nil, "dev-dirty", "0123456"},
+		{"an old build that used the hash as version", "0123456", "0123456", nil, "0123456", ""},
+		{"an old build with a dirty hash as version", "0123456-dirty", "0123456", nil, "0123456-dirty", ""},
+		{"go install module@v0.1.0", "dev", "unknown", info("v0.1.0"), "v0.1.0", ""},
+		{"go install of a pseudo-version", "dev", "unknown", info("v0.0.0-20261201000000-0123456789ab"), "v0.0.0-20261201000000-0123456789ab", ""},
+		{"go build in a checkout", "dev", "unknown", info("(devel)", "vcs.revision", rev, "vcs.modified", "false"), "dev", "0123456789ab"},
+		{"go build with changes", "dev", "unknown", info("(devel)", "vcs.revision", rev, "vcs.modified", "true"), "dev", "0123456789ab-dirty"},
+		{"go build, no VCS information", "dev", "unknown", info("(devel)"), "dev", ""},
+		{"Go 1.24+ version from the checkout's tag", "dev", "unknown", info("v0.1.1-0.20261201000000-0123456789ab+dirty", "vcs.revision", rev, "vcs.modified", "true"), "v0.1.1-0.20261201000000-0123456789ab+dirty", ""},
+	} {
+		v, commit := buildVersion(c.version, c.commit, c.bi)
+		if v != c.wantV || commit != c.wantC {
+			t.Errorf("%s: buildVersion(%q, %q) = %q, %q; want %q, %q", c.name, c.version, c.commit, v, commit, c.wantV, c.wantC)
+		}
+	}
+
+	var stdout bytes.Buffer
+	if code := run(context.Background(), []string{"version"}, noEnv, &stdout, io.Discard); code != 0 {
+		t.Fatalf("version: exit %d", code)
+	}
+	if !regexp.MustCompile(`^nats-k8s-oidc-callout \S+ \((commit \S+, )?go\S+\)\n$`).MatchString(stdout.String()) {
+		t.Errorf("version prints %q", stdout.String())
 	}
 }
