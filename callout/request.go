@@ -44,7 +44,7 @@ func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*reque
 		return nil, ReasonEncryption, fmt.Errorf("%w: the server encrypts callouts (auth_callout.xkey) but no xkey is configured (NATS_XKEY_FILE)", ErrEncryption)
 	case !validCurveKey(r.serverXKey):
 		// Checked before opening: nkeys indexes out of range on a longer string.
-		return nil, ReasonEncryption, fmt.Errorf("%w: the %s header is not a curve public key", ErrEncryption, xkeyHeader)
+		return nil, ReasonEncryption, fmt.Errorf("%w: the Nats-Server-Xkey header is not a curve public key", ErrEncryption)
 	default:
 		opened, err := r.xk.kp.Open(data, r.serverXKey)
 		if err != nil {
@@ -66,7 +66,7 @@ func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*reque
 	if r.serverXKey != "" && req.Server.XKey != r.serverXKey {
 		// The response is sealed to the signed key; a header naming another one was not set
 		// by the server that signed the request.
-		return nil, ReasonEncryption, fmt.Errorf("%w: the %s header does not match the signed server xkey", ErrEncryption, xkeyHeader)
+		return nil, ReasonEncryption, fmt.Errorf("%w: the Nats-Server-Xkey header does not match the signed server xkey", ErrEncryption)
 	}
 	var ok bool
 	if r.signer, r.issuerAccount, ok = h.responseSigner(req.Subject); !ok {

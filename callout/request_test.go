@@ -546,3 +546,25 @@ func TestUnknownIssuersAreBounded(t *testing.T) {
 		t.Errorf("%d unknown issuers remembered, want at most 64", n)
 	}
 }
+
+// A real nats-server without auth_callout.xkey sends plaintext requests: a sidecar with an xkey
+// refuses them (no answer) instead of answering in plaintext.
+func TestPlaintextServerRefusedBySidecarWithXKey(t *testing.T) {
+	w := newWorld(t)
+	k := newKeys(t, true)
+	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 1})
+	xk, err := callout.ParseXKey(seed(t, k.xkey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer),
+		xkey: func() *callout.XKey { return xk }, requestTimeout: 800 * time.Millisecond})
+	sc.waitReady()
+	if nc, err := nats.Connect(srv.url(), nats.Token(w.token("shop", "api")), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("admitted through a plaintext callout by a sidecar with an xkey")
+	}
+	if got := sc.metric("nats_callout_requests_total", "result", callout.ResultDropped, "reason", callout.ReasonEncryption); got != 1 {
+		t.Errorf("requests_total{dropped,encryption_mismatch} = %v, want 1", got)
+	}
+}
