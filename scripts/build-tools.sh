@@ -5,14 +5,17 @@
 #   scripts/build-tools.sh [-f|--force] [TOOL...]
 #
 # TOOL is any of: kube-apiserver kubectl etcd nats-server nats nsc helm
-# (default: all of them). Each tool is pinned by a wrapper module under
-# e2e/tools/<module>/ with a committed go.sum, so the build is reproducible
-# and `go install` restrictions (replace directives, missing checksum-database
-# entries) do not apply.
+# release-tool cyclonedx-gomod (default: all of them). Each tool is pinned by a
+# wrapper module under e2e/tools/<module>/ with a committed go.sum, so the
+# build is reproducible and `go install` restrictions (replace directives,
+# missing checksum-database entries) do not apply. release-tool is the
+# project's own program (e2e/tools/release: make image, image-check,
+# image-push); cyclonedx-gomod writes the SBOMs of `make sbom`.
 #
 # A binary is rebuilt only when its inputs change: the wrapper's go.mod and
-# go.sum, the package path, the ldflags and build environment, and
-# `go version`. Their hash is kept in BIN/TOOL.stamp next to the binary.
+# go.sum, its own Go files (tools.go aside), the package path, the ldflags and
+# build environment, and `go version`. Their hash is kept in BIN/TOOL.stamp
+# next to the binary.
 # --force ignores the stamps.
 #
 # Needs only Go and bash. Builds run one after another: kube-apiserver alone
@@ -23,7 +26,7 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../e2e/tools/lib.sh
 . "$(dirname "$0")/../e2e/tools/lib.sh"
 
-ALL_TOOLS=(kube-apiserver kubectl etcd nats-server nats nsc helm)
+ALL_TOOLS=(kube-apiserver kubectl etcd nats-server nats nsc helm release-tool cyclonedx-gomod)
 
 # Version ldflags: without them kube-apiserver and kubectl report v0.0.0
 # (kubectl then warns about version skew), nats and nsc report "development".
@@ -48,6 +51,8 @@ tool_spec() {
 	nats-server) MODULE=nats PKG=github.com/nats-io/nats-server/v2 ;;
 	nats) MODULE=natscli PKG=github.com/nats-io/natscli/nats LDFLAGS="-X main.version=v0.5.0" ;;
 	nsc) MODULE=nsc PKG=github.com/nats-io/nsc/v2 LDFLAGS="-X main.version=2.12.0" ;;
+	release-tool) MODULE=release PKG=. ;;
+	cyclonedx-gomod) MODULE=cyclonedx PKG=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod ;;
 	helm)
 		MODULE=helm PKG=helm.sh/helm/v3/cmd/helm
 		# Like helm's Makefile: the Kubernetes version helm assumes for
@@ -109,6 +114,8 @@ for tool in "${tools[@]}"; do
 			printf 'tool=%s\npkg=%s\nldflags=%s\ngo=%s\ntarget=%s\nenv=%s %s %s\n' \
 				"$tool" "$PKG" "$LDFLAGS" "$GO_VERSION" "$GO_TARGET" "$CGO_ENABLED" "$GOFLAGS" -trimpath
 			cat "$dir/go.mod" "$dir/go.sum"
+			# A module with a program of its own (not only tools.go).
+			find "$dir" -maxdepth 1 -name '*.go' ! -name tools.go -print0 | sort -z | xargs -0 -r cat
 		} | sha256sum | cut -d' ' -f1
 	)
 	if ((!force)) && [[ -x $out && -f $out.stamp && $(cat "$out.stamp") == "$stamp" ]]; then

@@ -1,0 +1,24 @@
+// The release tool of `make image`, `make image-check`, `make image-push` and `make image-load`:
+// builds the multi-platform OCI image from the release binaries without a container engine,
+// checks it, and pushes it. It pins go-containerregistry (images, layouts, registries) and
+// golang.org/x/crypto/x509roots/fallback (the CA certificates put into the image).
+module github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/e2e/tools/release
+
+go 1.26.0
+
+require (
+	github.com/google/go-containerregistry v0.22.1
+	golang.org/x/crypto/x509roots/fallback v0.0.0-20261030153154-30a33513ff6d
+)
+
+require (
+	github.com/docker/cli v29.7.2+incompatible // indirect
+	github.com/docker/docker-credential-helpers v0.9.3 // indirect
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+	github.com/sirupsen/logrus v1.9.4 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/sys v0.47.0 // indirect
+	gotest.tools/v3 v3.5.2 // indirect
+)
