@@ -2,6 +2,7 @@
 #
 #   make demo    run the service on an embedded NATS server and token issuer (no cluster)
 #   make test    vet and run the unit and integration tests (embedded nats-server, race detector)
+#   make load    the service's CPU per login next to a minimal callout's, on the e2e harness
 #   make e2e     end-to-end suite on a real kube-apiserver, etcd, nats-server and NATS CLI
 #   make bench   benchmarks of the decision path
 #   make fuzz    every fuzz target for FUZZTIME (default 1m) each; make test runs each for 3s
@@ -57,7 +58,7 @@ RACE    := $(if $(filter 1,$(shell go env CGO_ENABLED)),-race,)
 comma   := ,
 space   := $(subst ,, )
 
-.PHONY: all build test race bench fuzz demo check e2e tools lint clean \
+.PHONY: all build load test race bench fuzz demo check e2e tools lint clean \
 	release-binaries image-binaries sbom checksums image image-check image-push image-load \
 	check-release-version set-version release-publish release-tools
 
@@ -91,6 +92,10 @@ tools:
 
 e2e:
 	E2E_BIN=$(E2E_BIN) scripts/e2e.sh
+
+# The service against a callout doing the protocol's work only: connects/s, p50/p99, CPU per connect.
+load:
+	E2E_BIN=$(E2E_BIN) E2E_LOAD_CONNECTS=$${E2E_LOAD_CONNECTS:-1000} E2E_LOAD_RUNS=$${E2E_LOAD_RUNS:-3} scripts/e2e.sh -run '^TestLoad$$'
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
