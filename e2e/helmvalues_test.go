@@ -1353,6 +1353,37 @@ func runOperatorSidecar(t *testing.T, s *operatorSetup, values map[string]any, s
 	}
 }
 
+// sidecarSeries runs a sidecar that has made decisions (one login allowed, one refused) in
+// namespace ns and returns the series its /metrics exports, each with its label names: a
+// histogram under its own name and its _bucket, _sum and _count series.
+func sidecarSeries(t *testing.T, ns string) map[string]map[string]bool {
+	t.Helper()
+	d := newDeployment(t, deployOpts{})
+	newNamespace(t, ns)
+	newServiceAccount(t, ns, "app", nil)
+	connectWhenKnown(t, d.nats.url(), token(t, ns, "app")).Close()
+	wantRefused(t, d, "malformed_token", nats.Token("not-a-token"))
+	exported := map[string]map[string]bool{}
+	add := func(name string, labels map[string]string) {
+		if exported[name] == nil {
+			exported[name] = map[string]bool{}
+		}
+		for l := range labels {
+			exported[name][l] = true
+		}
+	}
+	for _, s := range d.svc.metrics(t) {
+		add(s.name, s.labels)
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(s.name, "_bucket"), "_sum"), "_count")
+		if base != s.name {
+			add(base, s.labels)
+		}
+	}
+	// Exported in operator mode only; TestOperatorGuide reads it from a running sidecar.
+	add("nats_callout_operator_setup_ok", nil)
+	return exported
+}
+
 // helm-values/prometheusrule.yaml: a well-formed PrometheusRule whose every alert names series
 // the sidecar really exports (read from a running one that has made decisions).
 func TestPrometheusRule(t *testing.T) {
@@ -1361,17 +1392,7 @@ func TestPrometheusRule(t *testing.T) {
 	if rule["kind"] != "PrometheusRule" || rule["apiVersion"] != "monitoring.coreos.com/v1" {
 		t.Fatalf("prometheusrule.yaml is %v %v", rule["apiVersion"], rule["kind"])
 	}
-	d := newDeployment(t, deployOpts{})
-	ns := newNamespace(t, "alerts")
-	newServiceAccount(t, ns, "app", nil)
-	connectWhenKnown(t, d.nats.url(), token(t, ns, "app")).Close()
-	wantRefused(t, d, "malformed_token", nats.Token("not-a-token"))
-	exported := map[string]bool{}
-	for _, s := range d.svc.metrics(t) {
-		exported[strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(s.name, "_bucket"), "_sum"), "_count")] = true
-	}
-	// Exported in operator mode only; TestOperatorGuide reads it from a running sidecar.
-	exported["nats_callout_operator_setup_ok"] = true
+	exported := sidecarSeries(t, "alerts")
 
 	metricRE := regexp.MustCompile(`\bnats_callout_[a-z_]+`)
 	alerts := 0
@@ -1391,7 +1412,7 @@ func TestPrometheusRule(t *testing.T) {
 				t.Errorf("alert %s uses none of the sidecar's series: %s", name, expr)
 			}
 			for _, m := range names {
-				if !exported[strings.TrimSuffix(m, "_bucket")] {
+				if exported[m] == nil {
 					t.Errorf("alert %s uses %s, which the sidecar does not export", name, m)
 				}
 			}
