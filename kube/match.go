@@ -68,3 +68,21 @@ func tokensWithin(pt, lt []string) bool {
 	}
 	return len(pt) == len(lt)
 }
+
+// subjectsOverlap reports whether some literal subject matches both patterns (valid subjects;
+// '*' one token, a final '>' one or more).
+func subjectsOverlap(a, b string) bool {
+	for {
+		at, arest, amore := strings.Cut(a, ".")
+		bt, brest, bmore := strings.Cut(b, ".")
+		switch {
+		case at == ">" || bt == ">":
+			return true // the other has a token here, and '>' takes it and whatever follows
+		case at != "*" && bt != "*" && at != bt:
+			return false
+		case !amore || !bmore:
+			return amore == bmore
+		}
+		a, b = arest, brest
+	}
+}

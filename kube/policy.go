@@ -100,23 +100,26 @@ func subjectToken(name string) string {
 }
 
 // Validate checks that every template uses only known placeholders and renders to a valid
-// subject, and that MaxEntries is within range. The zero value is valid.
+// subject, that no two identities can get overlapping subjects from the templates (see
+// CollisionError), and that MaxEntries is within range. The zero value is valid.
 func (d PolicyDefaults) Validate() error {
 	if d.MaxEntries < 0 || d.MaxEntries > MaxAnnotationMaxEntries {
 		return fmt.Errorf("entries per annotation: %d is not between 1 and %d", d.MaxEntries, MaxAnnotationMaxEntries)
 	}
 	d = d.orDefault()
+	var refs []TemplateRef
 	for _, list := range []struct {
 		kind      string
 		templates []string
-	}{{"default publish", d.Pub}, {"default subscribe", d.Sub}, {"annotation limit", d.AnnotationLimit}} {
+	}{{ListDefaultPub, d.Pub}, {ListDefaultSub, d.Sub}, {ListAnnotationLimit, d.AnnotationLimit}} {
 		for _, tmpl := range list.templates {
 			if _, err := render(tmpl, "namespace", "service.account"); err != nil {
 				return fmt.Errorf("%s subject %q: %w", list.kind, tmpl, err)
 			}
+			refs = append(refs, TemplateRef{List: list.kind, Template: tmpl})
 		}
 	}
-	return nil
+	return checkCollisions(refs)
 }
 
 func (d PolicyDefaults) orDefault() PolicyDefaults {

@@ -285,7 +285,8 @@ func (l Log) Validate() error {
 }
 
 // Validate checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS, ANNOTATION_SUBJECT_LIMIT and
-// ANNOTATION_MAX_ENTRIES one at a time, so that an error names the setting.
+// ANNOTATION_MAX_ENTRIES one at a time, so that an error names the setting, then the templates
+// of the three together (a limit whose subjects can reach another namespace's defaults).
 func (p Policy) Validate() error {
 	if p.MaxEntries < 1 || p.MaxEntries > kube.MaxAnnotationMaxEntries {
 		return fmt.Errorf("ANNOTATION_MAX_ENTRIES: %d is not between 1 and %d", p.MaxEntries, kube.MaxAnnotationMaxEntries)
@@ -303,7 +304,22 @@ func (p Policy) Validate() error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
+	// Templates of two settings that collide with each other.
+	var collision *kube.CollisionError
+	if err := d.Validate(); errors.As(err, &collision) {
+		first, second := policySetting[collision.First.List], policySetting[collision.Second.List]
+		return fmt.Errorf("%s and %s: %s", first, second, collision.Describe(func(list string) string { return policySetting[list] }))
+	} else if err != nil {
+		return err
+	}
 	return nil
+}
+
+// policySetting names the setting of each of kube's template lists.
+var policySetting = map[string]string{
+	kube.ListDefaultPub:      "DEFAULT_PUB_SUBJECTS",
+	kube.ListDefaultSub:      "DEFAULT_SUB_SUBJECTS",
+	kube.ListAnnotationLimit: "ANNOTATION_SUBJECT_LIMIT",
 }
 
 // Defaults are the subjects and the annotation limit the policy settings give.
