@@ -111,3 +111,35 @@ func TestSubjectWithin(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSubjectMatch checks the matchers ANNOTATION_SUBJECT_LIMIT, the template check and
+// explain rely on against nats-server's own: subjectWithin against SubjectMatchesFilter (is
+// every subject of the first matched by the second), subjectsOverlap against SubjectsCollide,
+// and subjectMatches on a literal subject against SubjectMatchesFilter.
+func FuzzSubjectMatch(f *testing.F) {
+	for _, s := range [][2]string{
+		{"a.b", "a.*"}, {"a.>", "a.*"}, {"a.*.c", "a.>"}, {">", "a.>"}, {"a", "a.>"}, {"*.b.>", "a.*.c"},
+		{"_INBOX_ns_sa.x", "_INBOX_ns_sa.>"}, {"a.b.c", "a.b"}, {"*", ">"}, {"a.*.*", "*.b.>"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if validSubject(a) != nil || validSubject(b) != nil {
+			return
+		}
+		if !server.IsValidSubject(a) || !server.IsValidSubject(b) {
+			t.Fatalf("validSubject accepts %q / %q, nats-server does not", a, b)
+		}
+		if got, want := subjectWithin(a, b), server.SubjectMatchesFilter(a, b); got != want {
+			t.Fatalf("subjectWithin(%q, %q) = %v, nats-server says %v", a, b, got, want)
+		}
+		if got, want := subjectsOverlap(a, b), server.SubjectsCollide(a, b); got != want {
+			t.Fatalf("subjectsOverlap(%q, %q) = %v, nats-server says %v", a, b, got, want)
+		}
+		if !strings.ContainsAny(a, "*>") {
+			if got, want := subjectMatches(b, a), server.SubjectMatchesFilter(a, b); got != want {
+				t.Fatalf("subjectMatches(%q, %q) = %v, nats-server says %v", b, a, got, want)
+			}
+		}
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -421,6 +422,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add("a..b,,", " > ", "x.>.y", "", "maybe", "builder.v2")
 	f.Add("\x00", "*,>", "a b", "ok", "TRUE", "-bad-")
 	f.Add("foo*", "\u00a0", "", "", "", "a")
+	f.Add("a\u200d.b, c", "d\u202e", "team-a.secret\u200d.>", "x,y,z,w", "true", "app")
 	f.Fuzz(func(t *testing.T, pubAllow, subAllow, pubDeny, subDeny, responses, name string) {
 		annotations := map[string]string{
 			AnnotationAllowedPub:     pubAllow,
@@ -471,7 +473,30 @@ func FuzzParsePolicy(f *testing.F) {
 				if !server.IsValidSubject(s) || validSubject(s) != nil {
 					t.Fatalf("invalid subject %q in %+v", s, perms)
 				}
+				for _, r := range s {
+					if unicode.IsSpace(r) || unicode.In(r, unicode.Cc, unicode.Cf, unicode.Co) {
+						t.Fatalf("subject %q holds %U, which does not show", s, r)
+					}
+				}
 			}
+		}
+		// With a cap of 3 entries: allow lists hold at most 3 more than the defaults, and a
+		// deny annotation of more than 3 entries refuses.
+		capped := d
+		capped.MaxEntries = 3
+		cp, cerr := ParsePolicy(capped, "team-a", name, annotations)
+		countEntries := func(v string) int {
+			n := 0
+			for range entries(v) {
+				n++
+			}
+			return n
+		}
+		if (countEntries(pubDeny) > 3 || countEntries(subDeny) > 3) != (cerr != nil) {
+			t.Fatalf("cap 3 with deny annotations %q / %q: error %v", pubDeny, subDeny, cerr)
+		}
+		if cerr == nil && (len(cp.Permissions.PubAllow) > 1+3 || len(cp.Permissions.SubAllow) > 2+3) {
+			t.Fatalf("cap 3: %+v", cp.Permissions)
 		}
 		for _, c := range []struct {
 			allow     []string

@@ -845,3 +845,64 @@ func TestVerifyErrorsAreBounded(t *testing.T) {
 		t.Errorf("pod name of %d bytes and uid of %d, want them shortened", len(id.PodName), len(id.PodUID))
 	}
 }
+
+// FuzzVerify feeds the verifier arbitrary tokens, starting from real ones (RS256, ES256, with
+// and without kid) and ones it must refuse (crit, another algorithm, none). It never panics;
+// a refusal wraps exactly one of the package's sentinels, stays short and does not quote the
+// token; an accepted token is one the issuers signed, for the identity it names.
+func FuzzVerify(f *testing.F) {
+	is := testIssuers(f)
+	rsaIss, ecIss := is[0], is[3]
+	claims := func() *kube.ServiceAccountClaims {
+		return rsaIss.Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
+	}
+	f.Add(mustToken(f, rsaIss, "team-a", "app", testUID))
+	f.Add(mustToken(f, ecIss, "team-b", "web.v2", testUID))
+	f.Add(forge(f, jwt.SigningMethodRS256, rsaIss.Key(), map[string]any{}, claims()))
+	f.Add(forge(f, jwt.SigningMethodPS256, rsaIss.Key(), map[string]any{}, claims()))
+	f.Add(forge(f, jwt.SigningMethodRS256, rsaIss.Key(), map[string]any{"kid": rsaIss.KeyID(), "crit": []string{"b64"}, "b64": false}, claims()))
+	f.Add(forge(f, jwt.SigningMethodES256, ecIss.Key(), map[string]any{"kid": rsaIss.KeyID()}, claims()))
+	f.Add("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
+	f.Add("a.b.c")
+	f.Add("")
+
+	srv := newJWKSServer(f, rsaIss, ecIss)
+	v, _ := newTestVerifier(f, srv.URL, func(c *kube.VerifierConfig) { c.UnknownKIDRefreshInterval = time.Hour })
+	waitKeys(f, v, 2)
+	sentinels := []error{kube.ErrNoToken, kube.ErrMalformedToken, kube.ErrBadSignature, kube.ErrExpired, kube.ErrNotYetValid,
+		kube.ErrWrongIssuer, kube.ErrWrongAudience, kube.ErrBadClaims}
+	f.Fuzz(func(t *testing.T, token string) {
+		id, err := v.Verify(context.Background(), token)
+		if err != nil {
+			n := 0
+			for _, s := range sentinels {
+				if errors.Is(err, s) {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("error %q wraps %d sentinels, want 1", err, n)
+			}
+			if msg := err.Error(); len(msg) > 2048 {
+				t.Fatalf("error of %d bytes: %.200s", len(msg), msg)
+			}
+			if tok := strings.TrimSpace(token); len(tok) > 64 && strings.Contains(err.Error(), tok) {
+				t.Fatalf("error quotes the token: %.200s", err)
+			}
+			return
+		}
+		// Accepted: the signature is one of the issuers', and the identity is what it says.
+		parsed, _, perr := jwt.NewParser().ParseUnverified(strings.TrimSpace(token), &kube.ServiceAccountClaims{})
+		if perr != nil {
+			t.Fatalf("accepted a token that does not parse: %v", perr)
+		}
+		c := parsed.Claims.(*kube.ServiceAccountClaims)
+		if c.Kubernetes == nil || id.Namespace != c.Kubernetes.Namespace || id.Name != c.Kubernetes.ServiceAccount.Name ||
+			c.Subject != id.Username() || parsed.Header["crit"] != nil {
+			t.Fatalf("accepted %+v from claims %+v, header %v", id, c, parsed.Header)
+		}
+		if alg := parsed.Method.Alg(); alg != "RS256" && alg != "ES256" {
+			t.Fatalf("accepted algorithm %s", alg)
+		}
+	})
+}
