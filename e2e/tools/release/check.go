@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -201,7 +202,7 @@ func (c *checker) image(o checkOptions, platform string, p v1.Platform, img v1.I
 				contents[name] = b
 			}
 		}
-		rc.Close()
+		_ = rc.Close()
 	}
 	raw, _ := img.RawManifest()
 	cfgRaw, _ := img.RawConfigFile()
@@ -309,12 +310,14 @@ func (c *checker) runVersion(fail func(string, ...any), bin []byte, o checkOptio
 	}
 	defer os.RemoveAll(dir)
 	exe := filepath.Join(dir, path.Base(entrypoint))
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+	if err := os.WriteFile(exe, bin, 0o700); err != nil { //nolint:gosec // an executable, run right below
 		fail("%v", err)
 		return
 	}
-	cmd := exec.Command(exe, "--version")
-	cmd.Env = []string{} // as in the image: no environment but what the pod sets
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "--version") //nolint:gosec // the image's entrypoint, the binary under test
+	cmd.Env = []string{}                              // as in the image: no environment but what the pod sets
 	out, err := cmd.CombinedOutput()
 	got := strings.TrimSpace(string(out))
 	fmt.Printf("%s --version (taken out of the image): %s\n", entrypoint, got)
@@ -357,7 +360,7 @@ func (c *checker) pushRoundTrip(idx v1.ImageIndex, version string) {
 			rc, err := l.Compressed()
 			if err == nil {
 				_, err = io.Copy(io.Discard, rc)
-				rc.Close()
+				_ = rc.Close()
 			}
 			if err != nil {
 				c.fail("push check: %s layer: %v", d.Platform.Architecture, err)
