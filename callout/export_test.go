@@ -32,3 +32,6 @@ func (h *Handler) UnknownIssuerLogEntries() int {
 	defer h.mu.Unlock()
 	return len(h.unknownIssuerLogs)
 }
+
+// QueuedRequests returns how many received requests wait for a worker.
+func (s *Service) QueuedRequests() int { return s.work.len() }

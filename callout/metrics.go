@@ -13,6 +13,7 @@ import (
 type Metrics struct {
 	requests    *prometheus.CounterVec
 	duration    prometheus.Histogram
+	queueWait   prometheus.Histogram
 	reconnects  prometheus.Counter
 	disconnects prometheus.Counter
 	errors      prometheus.Counter
@@ -33,6 +34,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nats_callout_request_duration_seconds",
 			Help: "Time from receiving a callout request to having its response ready.",
 			// From well under a millisecond (cache hits) up to the server's 2 s auth timeout.
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2},
+		}),
+		queueWait: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "nats_callout_queue_wait_seconds",
+			Help:    "Time a callout request waited between its arrival and a worker taking it (workers take the newest first).",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2},
 		}),
 		reconnects: f.NewCounter(prometheus.CounterOpts{

@@ -46,8 +46,9 @@ type ServiceConfig struct {
 	// Workers bounds concurrent requests; 0 means 4×GOMAXPROCS.
 	Workers int
 	// QueueSize bounds the requests received but not yet taken by a worker; 0 means 64 per
-	// worker, at least 1024. A request that finds the queue full is dropped at once
-	// (reason "overloaded") rather than answered after its server has given up on it.
+	// worker, at least 1024 (about what the workers answer within RequestTimeout when the CPU
+	// is shared with a busy nats-server). Workers take the newest request first; when the queue
+	// is full the oldest is dropped (reason "overloaded") to make room for the new one.
 	QueueSize int
 	// RequestTimeout bounds one request, counted from its arrival, and must be below the
 	// server's authorization timeout (2 s by default); 0 means 1.5 s.
@@ -72,7 +73,7 @@ type Service struct {
 	cfg  ServiceConfig
 	log  *slog.Logger
 	url  string // cfg.URL without secrets, for logs and errors
-	work chan job
+	work *requestQueue
 
 	rotate chan struct{}
 	// closed is signalled when a connection closed without the service closing it; Run
@@ -129,7 +130,7 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		cfg:    cfg,
 		log:    cfg.Logger,
 		url:    RedactURL(cfg.URL),
-		work:   make(chan job, cfg.QueueSize),
+		work:   newRequestQueue(cfg.QueueSize),
 		rotate: make(chan struct{}, 1),
 		closed: make(chan struct{}, 1),
 
@@ -194,7 +195,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() {
 		// Retiring sessions may still hand requests to the workers.
 		retiring.Wait()
-		close(s.work)
+		s.work.close()
 		workers.Wait()
 	}()
 
@@ -344,13 +345,20 @@ func (s *Service) replace(cur, pending *session, retire func(*session)) (*sessio
 }
 
 func (s *Service) worker(ctx context.Context) {
-	for j := range s.work {
+	for {
+		j, ok := s.work.pop()
+		if !ok {
+			return
+		}
 		s.serve(ctx, j)
 	}
 }
 
 func (s *Service) serve(ctx context.Context, j job) {
 	defer j.sess.inflight.Done()
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.queueWait.Observe(time.Since(j.at).Seconds())
+	}
 	// The deadline counts from arrival: time spent queued is time the server is waiting.
 	// Requests in flight at shutdown are still answered, so the deadline is not tied to ctx.
 	rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), j.at.Add(s.cfg.RequestTimeout))
@@ -362,4 +370,80 @@ func (s *Service) serve(ctx context.Context, j job) {
 	if err := j.msg.Respond(reply); err != nil {
 		s.log.Warn("cannot send callout response", "error", err)
 	}
+}
+
+// requestQueue holds the requests received but not yet taken by a worker, newest first.
+//
+// In a reconnect storm requests arrive faster than they can be answered, and each one is only
+// worth answering while its client and its server still wait for it (the server gives up after
+// its authorization timeout, nats.go clients after their connect timeout, and both then cost a
+// new callout). Taking the oldest first spends the workers on the requests closest to being
+// abandoned, and answers arrive just too late, one retry after another. Taking the newest first
+// answers requests while they are still wanted; the oldest wait, and are the ones dropped when
+// the queue is full ("overloaded") or dropped without any work once past their deadline
+// ("deadline_exceeded"). When requests arrive no faster than they are answered the order makes
+// no difference.
+type requestQueue struct {
+	mu     sync.Mutex
+	more   *sync.Cond // signalled when a job is pushed or the queue is closed
+	buf    []job      // ring buffer: buf[head] is the oldest of n jobs
+	head   int
+	n      int
+	closed bool
+}
+
+func newRequestQueue(size int) *requestQueue {
+	q := &requestQueue{buf: make([]job, size)}
+	q.more = sync.NewCond(&q.mu)
+	return q
+}
+
+// push adds j as the newest job. If the queue is full it makes room by removing the oldest
+// job and returns it (evicted true): the caller drops it.
+func (q *requestQueue) push(j job) (oldest job, evicted bool) {
+	q.mu.Lock()
+	if q.n == len(q.buf) {
+		oldest, evicted = q.buf[q.head], true
+		q.buf[q.head] = job{}
+		q.head = (q.head + 1) % len(q.buf)
+		q.n--
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = j
+	q.n++
+	q.mu.Unlock()
+	q.more.Signal()
+	return oldest, evicted
+}
+
+// pop waits for a job and returns the newest. It returns false once the queue is closed and
+// empty.
+func (q *requestQueue) pop() (job, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.n == 0 {
+		if q.closed {
+			return job{}, false
+		}
+		q.more.Wait()
+	}
+	i := (q.head + q.n - 1) % len(q.buf)
+	j := q.buf[i]
+	q.buf[i] = job{}
+	q.n--
+	return j, true
+}
+
+// close makes pop return false once the jobs still queued have been taken.
+func (q *requestQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.more.Broadcast()
+}
+
+// len is how many jobs wait.
+func (q *requestQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
 }

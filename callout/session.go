@@ -183,9 +183,10 @@ func sameCredentials(a, b *Credentials, useJWT bool) bool {
 	}
 }
 
-// receive hands a request to the workers without blocking the connection's delivery: a
-// request that cannot be queued is dropped now, while its arrival time is still known, instead
-// of waiting unmeasured in the client library until its server has given up on it.
+// receive hands a request to the workers without blocking the connection's delivery: it is
+// queued with its arrival time, and when the queue is full the oldest queued request is dropped
+// now rather than left to wait, unmeasured, in the client library until its server has given
+// up on it.
 func (s *Service) receive(sess *session, m *nats.Msg) {
 	at := time.Now()
 	sess.mu.Lock()
@@ -197,17 +198,20 @@ func (s *Service) receive(sess *session, m *nats.Msg) {
 	}
 	sess.inflight.Add(1)
 	sess.mu.Unlock()
-	select {
-	case s.work <- job{msg: m, sess: sess, at: at}:
-	default:
-		sess.inflight.Done()
-		if s.cfg.Metrics != nil {
-			s.cfg.Metrics.dropped(ReasonOverloaded)
-		}
-		if ok, suppressed := s.overload.allow("queue full", at); ok {
-			s.log.Warn("callout request queue full; dropping requests until workers catch up",
-				"queue_size", s.cfg.QueueSize, "workers", s.cfg.Workers, "dropped_since_last_report", suppressed+1)
-		}
+	oldest, evicted := s.work.push(job{msg: m, sess: sess, at: at})
+	if !evicted {
+		return
+	}
+	// The queue was full: the oldest request made room for this one. It is the one whose
+	// server and client are closest to giving up on it.
+	oldest.sess.inflight.Done()
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.dropped(ReasonOverloaded)
+	}
+	if ok, suppressed := s.overload.allow("queue full", at); ok {
+		s.log.Warn("callout request queue full; dropping requests until workers catch up",
+			"queue_size", s.cfg.QueueSize, "workers", s.cfg.Workers, "oldest_waited_ms", at.Sub(oldest.at).Milliseconds(),
+			"dropped_since_last_report", suppressed+1)
 	}
 }
 
