@@ -47,6 +47,8 @@ type keySet struct {
 	keys    prometheus.Gauge
 	errors  prometheus.Counter
 	count   atomic.Int64
+	// replaced, if set, is told the kids (sorted) after each successful refresh.
+	replaced func(kids []string)
 
 	mu     sync.Mutex
 	flight *refreshFlight // the refresh in progress, if any
@@ -255,6 +257,9 @@ func (k *keySet) fetch(ctx context.Context) error {
 	}
 	k.count.Store(int64(len(keys)))
 	k.keys.Set(float64(len(keys)))
+	if k.replaced != nil {
+		k.replaced(kids)
+	}
 	k.mu.Lock()
 	changed := !slices.Equal(kids, k.kids)
 	k.kids = kids

@@ -119,8 +119,13 @@ type VerifierConfig struct {
 	UnknownKIDRefreshInterval time.Duration
 	// Logger receives refresh failures. Nil discards.
 	Logger *slog.Logger
-	// Registerer receives nats_callout_jwks_keys and nats_callout_jwks_refresh_errors_total.
-	// Nil leaves the metrics unregistered.
+	// TokenCacheSize bounds how many verified tokens are remembered (see tokenCache): a token
+	// that verified is not verified again until its exp, or until the JWKS drops the key that
+	// verified it. Zero means DefaultTokenCacheSize; negative turns the cache off.
+	TokenCacheSize int
+	// Registerer receives nats_callout_jwks_keys, nats_callout_jwks_refresh_errors_total,
+	// nats_callout_token_cache_hits_total and nats_callout_token_cache_misses_total. Nil leaves
+	// the metrics unregistered.
 	Registerer prometheus.Registerer
 }
 
@@ -132,6 +137,10 @@ type Verifier struct {
 	audience        string
 	refreshInterval time.Duration
 	done            chan struct{}
+	// cache is nil when turned off.
+	cache *tokenCache
+	// now is the clock the cache reads.
+	now func() time.Time
 }
 
 // NewVerifier validates the config and starts background JWKS refresh owned by ctx. It does not
@@ -196,6 +205,19 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 		audience:        cfg.Audience,
 		refreshInterval: cmp.Or(cfg.RefreshInterval, DefaultRefreshInterval),
 		done:            make(chan struct{}),
+		now:             time.Now,
+	}
+	if size := cmp.Or(cfg.TokenCacheSize, DefaultTokenCacheSize); size > 0 {
+		v.cache = newTokenCache(size,
+			factory.NewCounter(prometheus.CounterOpts{
+				Name: "nats_callout_token_cache_hits_total",
+				Help: "Logins whose token had verified before and was served from the verified-token cache.",
+			}),
+			factory.NewCounter(prometheus.CounterOpts{
+				Name: "nats_callout_token_cache_misses_total",
+				Help: "Logins whose token was not in the verified-token cache and was verified against the JWKS.",
+			}))
+		keys.replaced = v.cache.keysReplaced
 	}
 	go v.refreshLoop(ctx)
 	return v, nil
@@ -247,14 +269,41 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	if len(token) > maxTokenBytes {
 		return Identity{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedToken, len(token), maxTokenBytes)
 	}
-	var claims ServiceAccountClaims
-	if _, err := v.parser.ParseWithClaims(token, &claims, v.keys.keyfunc(ctx)); err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return Identity{}, fmt.Errorf("verify token: %w", ctxErr)
-		}
-		return Identity{}, v.classify(err, &claims)
+	if v.cache == nil {
+		id, _, err := v.verify(ctx, token)
+		return id, err
 	}
-	return identityFrom(&claims)
+	key := tokenHash(token)
+	id, gen, ok := v.cache.get(key, v.now())
+	if ok {
+		return id, nil
+	}
+	id, kid, err := v.verify(ctx, token)
+	if err == nil && kid != "" {
+		// A token without a kid was checked against every key; which one verified it is not
+		// known, so it is not cached (Kubernetes always sets a kid).
+		v.cache.put(key, id, kid, gen, v.now())
+	}
+	return id, err
+}
+
+// verify checks token's signature and claims, and returns the kid of the key that verified it
+// ("" when the token names none).
+func (v *Verifier) verify(ctx context.Context, token string) (Identity, string, error) {
+	var claims ServiceAccountClaims
+	t, err := v.parser.ParseWithClaims(token, &claims, v.keys.keyfunc(ctx))
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return Identity{}, "", fmt.Errorf("verify token: %w", ctxErr)
+		}
+		return Identity{}, "", v.classify(err, &claims)
+	}
+	id, err := identityFrom(&claims)
+	if err != nil {
+		return Identity{}, "", err
+	}
+	kid, _ := t.Header["kid"].(string)
+	return id, kid, nil
 }
 
 // classify maps a jwt parse error onto one sentinel. Claim errors are joined by the jwt
