@@ -2,6 +2,7 @@ package callout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -137,28 +138,63 @@ var benchAnnotations = map[string]func() map[string]string{
 		}
 		return map[string]string{kube.AnnotationAllowedPub: b.String()}
 	},
-	// The most a login can be made to carry: all four lists at the entry cap, with subjects
-	// long enough to fill the 256 KiB between them.
+	// All four lists at the entry cap, with subjects long enough to fill the 256 KiB between
+	// them: the most a login carried before ANNOTATION_MAX_BYTES. Its deny lists are beyond that
+	// cap, so the login is now refused (invalid_policy).
 	"four-full-lists": func() map[string]string {
-		list := func(prefix string) string {
+		return map[string]string{
+			kube.AnnotationAllowedPub: longList("pub", kube.DefaultAnnotationMaxEntries), kube.AnnotationAllowedSub: longList("sub", kube.DefaultAnnotationMaxEntries),
+			kube.AnnotationDeniedPub: longList("nopub", kube.DefaultAnnotationMaxEntries), kube.AnnotationDeniedSub: longList("nosub", kube.DefaultAnnotationMaxEntries),
+		}
+	},
+	// The most an allowed login can be made to carry now: all four lists at the entry cap, the
+	// deny lists just inside the byte cap (1,000 subjects of 8 bytes each), the allow lists of long
+	// subjects filling what the byte cap leaves and far beyond it.
+	"at-the-caps": func() map[string]string {
+		deny := func(prefix string) string {
 			e := make([]string, kube.DefaultAnnotationMaxEntries)
 			for i := range e {
-				e[i] = fmt.Sprintf("shop.%s.%s.%05d", prefix, strings.Repeat("x", 40), i)
+				e[i] = fmt.Sprintf("%s.%05d", prefix, i)
 			}
 			return strings.Join(e, ",")
 		}
 		return map[string]string{
-			kube.AnnotationAllowedPub: list("pub"), kube.AnnotationAllowedSub: list("sub"),
-			kube.AnnotationDeniedPub: list("nopub"), kube.AnnotationDeniedSub: list("nosub"),
+			kube.AnnotationAllowedPub: longList("pub", kube.DefaultAnnotationMaxEntries), kube.AnnotationAllowedSub: longList("sub", kube.DefaultAnnotationMaxEntries),
+			kube.AnnotationDeniedPub: deny("np"), kube.AnnotationDeniedSub: deny("ns"),
+		}
+	},
+	// The most the allow lists alone can grant: both at the entry cap with long subjects, cut at
+	// the byte cap.
+	"allow-at-the-cap": func() map[string]string {
+		return map[string]string{
+			kube.AnnotationAllowedPub: longList("pub", kube.DefaultAnnotationMaxEntries), kube.AnnotationAllowedSub: longList("sub", kube.DefaultAnnotationMaxEntries),
 		}
 	},
 }
 
+// longList is n distinct subjects of about 56 bytes, comma-separated.
+func longList(prefix string, n int) string {
+	e := make([]string, n)
+	for i := range e {
+		e[i] = fmt.Sprintf("shop.%s.%s.%05d", prefix, strings.Repeat("x", 40), i)
+	}
+	return strings.Join(e, ",")
+}
+
 // BenchmarkHandleAnnotations measures a whole login (BenchmarkHandle's path) of a ServiceAccount
-// with a normal set of annotations and with annotations at Kubernetes' 256 KiB limit, shaped
-// for the most work: the cost of the worst login one tenant can cause.
+// with a normal set of annotations and with annotations at Kubernetes' 256 KiB limit and at
+// the caps (ANNOTATION_MAX_ENTRIES, ANNOTATION_MAX_BYTES at their defaults), shaped for the most
+// work: the cost of the worst login one tenant can cause. subject-bytes is the bytes of the
+// subjects in the user JWT's permissions (defaults and annotations).
 func BenchmarkHandleAnnotations(b *testing.B) {
-	for _, name := range []string{"normal", "one-huge-allow", "four-full-lists"} {
+	for _, c := range []struct{ name, want string }{
+		{"normal", callout.ResultAllowed},
+		{"one-huge-allow", callout.ResultAllowed},
+		{"allow-at-the-cap", callout.ResultAllowed},
+		{"at-the-caps", callout.ResultAllowed},
+		{"four-full-lists", callout.ResultDenied},
+	} {
+		name := c.name
 		b.Run(name, func(b *testing.B) {
 			annotations := benchAnnotations[name]()
 			size := 0
@@ -170,7 +206,7 @@ func BenchmarkHandleAnnotations(b *testing.B) {
 			}
 			w := newWorld(b)
 			k := newKeys(b, false)
-			token := annotatedToken(b, w, "shop", "api", annotations)
+			token := annotatedToken(b, w, "shop", "api", annotations, c.want == callout.ResultAllowed)
 			h, err := callout.NewHandler(callout.HandlerConfig{
 				Verifier: w.verifier, Policies: w.store, SigningKeys: fixedRing(b, k.issuer), Account: "APP",
 				Logger:  slog.New(slog.NewJSONHandler(io.Discard, nil)),
@@ -184,11 +220,21 @@ func BenchmarkHandleAnnotations(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				var d callout.Decision
-				if reply, d = h.Handle(context.Background(), data, hdr); d.Result != callout.ResultAllowed || reply == nil {
-					b.Fatalf("got %s (%s: %v), want allowed", d.Result, d.Reason, d.Err)
+				if reply, d = h.Handle(context.Background(), data, hdr); d.Result != c.want || reply == nil {
+					b.Fatalf("got %s (%s: %v), want %s", d.Result, d.Reason, d.Err, c.want)
+				}
+			}
+			granted := 0
+			if pol, err := w.store.Policy(kube.Identity{Namespace: "shop", Name: "api", UID: "uid-shop-api"}); err == nil {
+				p := pol.Permissions
+				for _, l := range [][]string{p.PubAllow, p.PubDeny, p.SubAllow, p.SubDeny} {
+					for _, s := range l {
+						granted += len(s)
+					}
 				}
 			}
 			b.ReportMetric(float64(size), "annotation-bytes")
+			b.ReportMetric(float64(granted), "subject-bytes")
 			b.ReportMetric(float64(len(reply)), "reply-bytes")
 		})
 	}
@@ -218,8 +264,8 @@ func BenchmarkPermissionLists(b *testing.B) {
 }
 
 // annotatedToken creates ServiceAccount ns/name with annotations and returns a token for it
-// once the informer has it.
-func annotatedToken(b *testing.B, w *world, ns, name string, annotations map[string]string) string {
+// once the informer has it (and, if valid, once its policy parses).
+func annotatedToken(b *testing.B, w *world, ns, name string, annotations map[string]string, valid bool) string {
 	b.Helper()
 	sa := &kube.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), Annotations: annotations}}
 	created, err := w.kube.Create(context.Background(), sa)
@@ -232,7 +278,7 @@ func annotatedToken(b *testing.B, w *world, ns, name string, annotations map[str
 	}
 	testsupport.WaitFor(b, "ServiceAccount in cache", 10*time.Second, func() bool {
 		_, err := w.store.Policy(kube.Identity{Namespace: ns, Name: name, UID: string(created.UID), Expiry: time.Now().Add(time.Hour)})
-		return err == nil
+		return err == nil || !valid && errors.Is(err, kube.ErrInvalidPolicy)
 	})
 	return tok
 }

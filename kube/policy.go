@@ -42,6 +42,23 @@ const DefaultAnnotationMaxEntries = 1000
 // full lists approaches nats-server's default max_payload (1 MiB).
 const MaxAnnotationMaxEntries = 10000
 
+// DefaultAnnotationMaxBytes is the default of PolicyDefaults.MaxBytes: how many bytes of
+// subjects one ServiceAccount's annotations may grant in all (deny and allow lists together).
+// A user JWT carries every subject once and its authorization response carries the JWT again,
+// encoded, so each granted byte is about three in the reply nats-server reads; at 16 KiB the
+// biggest reply stays near 40 KB, far below nats-server's default max_payload (1 MiB), and the
+// login costs a few normal ones instead of dozens. Real grants are a few dozen subjects of 20 to
+// 60 bytes, 1 to 3 KB: the default leaves room for ten times that.
+const DefaultAnnotationMaxBytes = 16 << 10
+
+// MinAnnotationMaxBytes and MaxAnnotationMaxBytes bound MaxBytes: at least one subject of the
+// longest kind, at most Kubernetes' limit on all of an object's annotations (256 KiB), beyond
+// which the cap could never apply.
+const (
+	MinAnnotationMaxBytes = maxSubjectBytes
+	MaxAnnotationMaxBytes = 256 << 10
+)
+
 // Permissions are a user's explicit NATS subject permissions. An empty allow list never means
 // "everything": ParsePolicy puts ">" in the matching deny list instead.
 type Permissions struct {
@@ -75,6 +92,13 @@ type PolicyDefaults struct {
 	// warning; a deny annotation with more fails the policy, since dropping any of its entries
 	// would widen access. Zero means DefaultAnnotationMaxEntries.
 	MaxEntries int
+	// MaxBytes bounds the bytes of subjects all of a ServiceAccount's permission annotations
+	// grant together (each kept entry counts its length once; duplicates, invalid entries and
+	// entries outside AnnotationLimit do not count). Deny annotations are read first and must
+	// fit whole, else the policy fails, since dropping a deny entry would widen access; allow
+	// annotations (publish, then subscribe) get what is left, and their entries past it are
+	// dropped with a warning. Defaults do not count. Zero means DefaultAnnotationMaxBytes.
+	MaxBytes int
 }
 
 // DefaultPolicyDefaults returns the built-in defaults: publish and subscribe within the
@@ -101,10 +125,13 @@ func subjectToken(name string) string {
 
 // Validate checks that every template uses only known placeholders and renders to a valid
 // subject, that no two identities can get overlapping subjects from the templates (see
-// CollisionError), and that MaxEntries is within range. The zero value is valid.
+// CollisionError), and that MaxEntries and MaxBytes are within range. The zero value is valid.
 func (d PolicyDefaults) Validate() error {
 	if d.MaxEntries < 0 || d.MaxEntries > MaxAnnotationMaxEntries {
 		return fmt.Errorf("entries per annotation: %d is not between 1 and %d", d.MaxEntries, MaxAnnotationMaxEntries)
+	}
+	if d.MaxBytes != 0 && (d.MaxBytes < MinAnnotationMaxBytes || d.MaxBytes > MaxAnnotationMaxBytes) {
+		return fmt.Errorf("annotation subject bytes: %d is not between %d and %d", d.MaxBytes, MinAnnotationMaxBytes, MaxAnnotationMaxBytes)
 	}
 	d = d.orDefault()
 	var refs []TemplateRef
@@ -129,6 +156,9 @@ func (d PolicyDefaults) orDefault() PolicyDefaults {
 	}
 	if d.MaxEntries == 0 {
 		d.MaxEntries = DefaultAnnotationMaxEntries
+	}
+	if d.MaxBytes == 0 {
+		d.MaxBytes = DefaultAnnotationMaxBytes
 	}
 	return d
 }
@@ -172,8 +202,9 @@ func render(tmpl, namespace, name string) (string, error) {
 
 // ParsePolicy computes the permissions of ServiceAccount namespace/name from the defaults and
 // its annotations. Allow annotations add to the defaults; an invalid allow entry is dropped with
-// a warning, and so are the entries beyond d.MaxEntries. Deny annotations go to the deny lists;
-// an invalid deny entry, or more than d.MaxEntries of them, fails the whole policy with
+// a warning, and so are the entries beyond d.MaxEntries and those past d.MaxBytes of granted
+// subjects. Deny annotations go to the deny lists; an invalid deny entry, more than d.MaxEntries
+// of them, or deny lists longer than d.MaxBytes together, fail the whole policy with
 // ErrInvalidPolicy, because ignoring any would widen access. Responses are allowed unless
 // nats.io/allow-responses says otherwise; a value that is not a boolean turns them off.
 // annotations is only read. The work is linear in the entries up to the cap and does not
@@ -200,14 +231,16 @@ func ParsePolicy(d PolicyDefaults, namespace, name string, annotations map[strin
 		return Policy{}, fmt.Errorf("%w: annotation subject limit: %w", ErrInvalidPolicy, err)
 	}
 	within := newLimit(limit)
-	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, within, d.MaxEntries, &w)
-	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, within, d.MaxEntries, &w)
-	if p.Permissions.PubDeny, err = denied(AnnotationDeniedPub, annotations, d.MaxEntries); err != nil {
+	// Deny lists first: they must fit the byte budget whole; allow lists get what is left.
+	budget := d.MaxBytes
+	if p.Permissions.PubDeny, err = denied(AnnotationDeniedPub, annotations, d.MaxEntries, &budget, d.MaxBytes); err != nil {
 		return Policy{}, err
 	}
-	if p.Permissions.SubDeny, err = denied(AnnotationDeniedSub, annotations, d.MaxEntries); err != nil {
+	if p.Permissions.SubDeny, err = denied(AnnotationDeniedSub, annotations, d.MaxEntries, &budget, d.MaxBytes); err != nil {
 		return Policy{}, err
 	}
+	p.Permissions.PubAllow = addAllowed(p.Permissions.PubAllow, AnnotationAllowedPub, annotations, within, d.MaxEntries, &budget, d.MaxBytes, &w)
+	p.Permissions.SubAllow = addAllowed(p.Permissions.SubAllow, AnnotationAllowedSub, annotations, within, d.MaxEntries, &budget, d.MaxBytes, &w)
 	p.Permissions.AllowResponses = true
 	if v, ok := annotations[AnnotationAllowResponses]; ok {
 		allow, err := strconv.ParseBool(strings.TrimSpace(v))
@@ -260,8 +293,9 @@ func renderAll(templates []string, namespace, name string) ([]string, error) {
 
 // addAllowed appends the valid, new entries of an allow annotation to list and records a
 // warning for each invalid one and for each one not within the limit. Only the first
-// maxEntries entries are looked at; one warning says there were more.
-func addAllowed(list []string, key string, annotations map[string]string, within *limit, maxEntries int, w *warnings) []string {
+// maxEntries entries are looked at, and only while *budget (bytes of subjects left of maxBytes)
+// holds the next new entry: one warning says there were more, and the rest is not read.
+func addAllowed(list []string, key string, annotations map[string]string, within *limit, maxEntries int, budget *int, maxBytes int, w *warnings) []string {
 	seen := make(map[string]struct{}, len(list))
 	for _, s := range list {
 		seen[s] = struct{}{}
@@ -283,6 +317,11 @@ func addAllowed(list []string, key string, annotations map[string]string, within
 			continue
 		}
 		if _, dup := seen[entry]; !dup {
+			if len(entry) > *budget {
+				w.addf("%s: annotations grant more than %d bytes of subjects, entries from %s on are not used", key, maxBytes, quoteFunc(entry))
+				break // the rest is not looked at either
+			}
+			*budget -= len(entry)
 			seen[entry] = struct{}{}
 			list = append(list, entry)
 		}
@@ -290,9 +329,9 @@ func addAllowed(list []string, key string, annotations map[string]string, within
 	return list
 }
 
-// denied parses a deny annotation; any invalid entry, or more than maxEntries entries, is an
-// error.
-func denied(key string, annotations map[string]string, maxEntries int) ([]string, error) {
+// denied parses a deny annotation; any invalid entry, more than maxEntries entries, or entries
+// longer together than what is left of the byte budget (*budget, of maxBytes), is an error.
+func denied(key string, annotations map[string]string, maxEntries int, budget *int, maxBytes int) ([]string, error) {
 	var list []string
 	seen := map[string]struct{}{}
 	n := 0
@@ -306,6 +345,10 @@ func denied(key string, annotations map[string]string, maxEntries int) ([]string
 			return nil, fmt.Errorf("%w: %s: %s: %w", ErrInvalidPolicy, key, quote(entry), err)
 		}
 		if _, dup := seen[entry]; !dup {
+			if len(entry) > *budget {
+				return nil, fmt.Errorf("%w: %s: deny annotations list more than %d bytes of subjects (the limit per ServiceAccount)", ErrInvalidPolicy, key, maxBytes)
+			}
+			*budget -= len(entry)
 			seen[entry] = struct{}{}
 			list = append(list, entry)
 		}

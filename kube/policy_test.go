@@ -595,7 +595,8 @@ func entryList(prefix string, n int) string {
 
 func TestParsePolicyMaxEntries(t *testing.T) {
 	// The default: an allow list longer than DefaultAnnotationMaxEntries is cut, with a warning.
-	p, err := ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+	// (The byte cap is raised out of the way: 2,000 entries of 14 bytes are beyond its default.)
+	p, err := ParsePolicy(PolicyDefaults{MaxBytes: MaxAnnotationMaxBytes}, "team-a", "app", map[string]string{
 		AnnotationAllowedPub: entryList("team-a.pub", DefaultAnnotationMaxEntries+500),
 		AnnotationAllowedSub: entryList("team-a.sub", DefaultAnnotationMaxEntries),
 	})
@@ -642,6 +643,117 @@ func TestParsePolicyMaxEntries(t *testing.T) {
 	}
 	if got := len(p.Permissions.SubDeny); got != DefaultAnnotationMaxEntries {
 		t.Errorf("len(SubDeny) = %d, want %d", got, DefaultAnnotationMaxEntries)
+	}
+}
+
+func TestParsePolicyMaxBytes(t *testing.T) {
+	// Subjects of exactly 16 bytes: "team-a.x.%07d".
+	list := func(kind string, n int) string {
+		e := make([]string, n)
+		for i := range e {
+			e[i] = fmt.Sprintf("team-a.%s.%07d", kind, i)
+		}
+		return strings.Join(e, ",")
+	}
+	const size = 16
+	d := PolicyDefaults{MaxBytes: 1024} // 64 subjects of 16 bytes
+
+	// Deny lists count first and whole; allow lists share what is left, publish first, then
+	// subscribe; duplicates and dropped entries do not count; defaults do not count.
+	p, err := ParsePolicy(d, "team-a", "app", map[string]string{
+		AnnotationDeniedPub:  list("p", 10),
+		AnnotationDeniedSub:  list("s", 10) + "," + list("s", 10), // each twice
+		AnnotationAllowedPub: "a..b," + list("q", 30) + "," + list("q", 30),
+		AnnotationAllowedSub: list("r", 50),
+	})
+	if err != nil {
+		t.Fatalf("ParsePolicy: %v", err)
+	}
+	if got, want := len(p.Permissions.PubDeny)+len(p.Permissions.SubDeny), 20; got != want {
+		t.Errorf("deny entries = %d, want %d", got, want)
+	}
+	if got, want := len(p.Permissions.PubAllow), 1+30; got != want {
+		t.Errorf("len(PubAllow) = %d, want %d (the default and 30 entries)", got, want)
+	}
+	if got, want := len(p.Permissions.SubAllow), 2+64-20-30; got != want {
+		t.Errorf("len(SubAllow) = %d, want %d (the defaults and what the budget had left)", got, want)
+	}
+	granted := 0
+	for _, l := range [][]string{p.Permissions.PubDeny, p.Permissions.SubDeny, p.Permissions.PubAllow[1:], p.Permissions.SubAllow[2:]} {
+		for _, s := range l {
+			granted += len(s)
+		}
+	}
+	if granted > d.MaxBytes || granted != 64*size {
+		t.Errorf("granted %d bytes of subjects, want %d (the cap)", granted, d.MaxBytes)
+	}
+	want := `nats.io/allowed-sub-subjects: annotations grant more than 1024 bytes of subjects, entries from "team-a.r.0000014" on are not used`
+	if len(p.Warnings) != 2 || p.Warnings[1] != want {
+		t.Errorf("Warnings = %q, want the invalid entry and %q", p.Warnings, want)
+	}
+
+	// Deny lists beyond the cap together refuse the login: dropping any would widen access.
+	_, err = ParsePolicy(d, "team-a", "app", map[string]string{
+		AnnotationDeniedPub: list("p", 40),
+		AnnotationDeniedSub: list("s", 25),
+	})
+	if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), "nats.io/denied-sub-subjects: deny annotations list more than 1024 bytes of subjects") {
+		t.Errorf("deny lists over the cap: error %v, want %v naming the annotation and the cap", err, ErrInvalidPolicy)
+	}
+	// At the cap exactly: allowed, and no allow entry fits any more.
+	p, err = ParsePolicy(d, "team-a", "app", map[string]string{
+		AnnotationDeniedPub:  list("p", 40),
+		AnnotationDeniedSub:  list("s", 24),
+		AnnotationAllowedPub: list("q", 1),
+	})
+	if err != nil {
+		t.Fatalf("deny lists at the cap: %v", err)
+	}
+	if got := p.Permissions.PubAllow; len(got) != 1 || len(p.Warnings) != 1 {
+		t.Errorf("PubAllow = %q, Warnings = %q, want the default only and one warning", got, p.Warnings)
+	}
+
+	// The default cap, with all four lists at the entry cap and long subjects (the worst case
+	// before the byte cap): the deny lists alone are beyond it.
+	long := func(kind string) string {
+		e := make([]string, DefaultAnnotationMaxEntries)
+		for i := range e {
+			e[i] = fmt.Sprintf("shop.%s.%s.%05d", kind, strings.Repeat("x", 40), i)
+		}
+		return strings.Join(e, ",")
+	}
+	_, err = ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+		AnnotationAllowedPub: long("pub"), AnnotationAllowedSub: long("sub"),
+		AnnotationDeniedPub: long("nopub"), AnnotationDeniedSub: long("nosub"),
+	})
+	if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), "more than 16384 bytes") {
+		t.Errorf("four full lists: error %v, want %v naming the default cap", err, ErrInvalidPolicy)
+	}
+	p, err = ParsePolicy(PolicyDefaults{}, "team-a", "app", map[string]string{
+		AnnotationAllowedPub: long("pub"), AnnotationAllowedSub: long("sub"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted = 0
+	for _, s := range append(p.Permissions.PubAllow[1:], p.Permissions.SubAllow[2:]...) {
+		granted += len(s)
+	}
+	if granted > DefaultAnnotationMaxBytes || granted < DefaultAnnotationMaxBytes-maxSubjectBytes {
+		t.Errorf("two full allow lists granted %d bytes, want just under %d", granted, DefaultAnnotationMaxBytes)
+	}
+}
+
+func TestPolicyDefaultsMaxBytes(t *testing.T) {
+	for _, n := range []int{-1, 1, MinAnnotationMaxBytes - 1, MaxAnnotationMaxBytes + 1} {
+		if err := (PolicyDefaults{MaxBytes: n}).Validate(); err == nil || !strings.Contains(err.Error(), "annotation subject bytes") {
+			t.Errorf("MaxBytes %d: Validate = %v, want an error", n, err)
+		}
+	}
+	for _, n := range []int{0, MinAnnotationMaxBytes, MaxAnnotationMaxBytes} {
+		if err := (PolicyDefaults{MaxBytes: n}).Validate(); err != nil {
+			t.Errorf("MaxBytes %d: Validate = %v", n, err)
+		}
 	}
 }
 

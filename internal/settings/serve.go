@@ -71,6 +71,7 @@ type Policy struct {
 	DefaultSub      string
 	AnnotationLimit string
 	MaxEntries      int
+	MaxBytes        int
 }
 
 // Log is the log level and format.
@@ -104,6 +105,9 @@ func policySettings(p *Policy) []*Setting {
 		Int(&p.MaxEntries, "ANNOTATION_MAX_ENTRIES", "annotation-max-entries", kube.DefaultAnnotationMaxEntries,
 			fmt.Sprintf("entries each permission annotation may list (1-%d); an allow list is cut to them, a longer deny list refuses the login", kube.MaxAnnotationMaxEntries)).
 			doc(fmt.Sprintf("entries (comma-separated subjects) each `nats.io/` permission annotation may list, at most %d: the entries of an allow annotation beyond it are ignored with a warning; a deny annotation with more refuses the login (`invalid_policy`). Bounds the work and the user JWT of every login (see [Security](security.md))", kube.MaxAnnotationMaxEntries)),
+		Int(&p.MaxBytes, "ANNOTATION_MAX_BYTES", "annotation-max-bytes", kube.DefaultAnnotationMaxBytes,
+			fmt.Sprintf("bytes of subjects one ServiceAccount's annotations may grant in all (%d-%d); allow entries past it are dropped, deny lists longer refuse the login", kube.MinAnnotationMaxBytes, kube.MaxAnnotationMaxBytes)).
+			doc(fmt.Sprintf("bytes of subjects the `nats.io/` permission annotations of one ServiceAccount may grant together (%d to %d). Deny annotations count first and must fit whole, else the login is refused (`invalid_policy`); allow entries (publish, then subscribe) past what is left are ignored with a warning. Defaults do not count. Bounds the user JWT and the cost of every login: 16 KiB is ten times a real grant and keeps the reply near 40 KB (see [Security](security.md))", kube.MinAnnotationMaxBytes, kube.MaxAnnotationMaxBytes)),
 	}
 }
 
@@ -284,12 +288,15 @@ func (l Log) Validate() error {
 	return nil
 }
 
-// Validate checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS, ANNOTATION_SUBJECT_LIMIT and
-// ANNOTATION_MAX_ENTRIES one at a time, so that an error names the setting, then the templates
+// Validate checks DEFAULT_PUB_SUBJECTS, DEFAULT_SUB_SUBJECTS, ANNOTATION_SUBJECT_LIMIT,
+// ANNOTATION_MAX_ENTRIES and ANNOTATION_MAX_BYTES one at a time, so that an error names the setting, then the templates
 // of the three together (a limit whose subjects can reach another namespace's defaults).
 func (p Policy) Validate() error {
 	if p.MaxEntries < 1 || p.MaxEntries > kube.MaxAnnotationMaxEntries {
 		return fmt.Errorf("ANNOTATION_MAX_ENTRIES: %d is not between 1 and %d", p.MaxEntries, kube.MaxAnnotationMaxEntries)
+	}
+	if p.MaxBytes < kube.MinAnnotationMaxBytes || p.MaxBytes > kube.MaxAnnotationMaxBytes {
+		return fmt.Errorf("ANNOTATION_MAX_BYTES: %d is not between %d and %d", p.MaxBytes, kube.MinAnnotationMaxBytes, kube.MaxAnnotationMaxBytes)
 	}
 	d, none := p.Defaults(), []string{}
 	for _, s := range []struct {
@@ -324,7 +331,7 @@ var policySetting = map[string]string{
 
 // Defaults are the subjects and the annotation limit the policy settings give.
 func (p Policy) Defaults() kube.PolicyDefaults {
-	return kube.PolicyDefaults{Pub: SplitList(p.DefaultPub), Sub: SplitList(p.DefaultSub), AnnotationLimit: SplitList(p.AnnotationLimit), MaxEntries: p.MaxEntries}
+	return kube.PolicyDefaults{Pub: SplitList(p.DefaultPub), Sub: SplitList(p.DefaultSub), AnnotationLimit: SplitList(p.AnnotationLimit), MaxEntries: p.MaxEntries, MaxBytes: p.MaxBytes}
 }
 
 // WatchedNamespaces is WATCH_NAMESPACES as a list; empty means all.

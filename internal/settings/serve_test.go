@@ -40,6 +40,9 @@ func TestParseServe(t *testing.T) {
 	if c.Policy.MaxEntries != 1000 || c.Policy.Defaults().MaxEntries != 1000 {
 		t.Errorf("ANNOTATION_MAX_ENTRIES = %d, want the default 1000 passed on to the policy", c.Policy.MaxEntries)
 	}
+	if c.Policy.MaxBytes != 16384 || c.Policy.Defaults().MaxBytes != 16384 {
+		t.Errorf("ANNOTATION_MAX_BYTES = %d, want the default 16384 passed on to the policy", c.Policy.MaxBytes)
+	}
 	if c.Workers != 8 || c.SigningKeyFile != "/keys/issuer.nk" {
 		t.Errorf("environment not applied: %+v", c)
 	}
@@ -137,6 +140,9 @@ func TestParseServeErrors(t *testing.T) {
 		{"zero annotation entries", map[string]string{"ANNOTATION_MAX_ENTRIES": "0"}, nil, "ANNOTATION_MAX_ENTRIES"},
 		{"too many annotation entries", map[string]string{"ANNOTATION_MAX_ENTRIES": "100000"}, nil, "ANNOTATION_MAX_ENTRIES"},
 		{"annotation entries not a number", map[string]string{"ANNOTATION_MAX_ENTRIES": "lots"}, nil, "ANNOTATION_MAX_ENTRIES"},
+		{"annotation bytes below one subject", map[string]string{"ANNOTATION_MAX_BYTES": "511"}, nil, "ANNOTATION_MAX_BYTES"},
+		{"annotation bytes beyond Kubernetes' limit", nil, []string{"--annotation-max-bytes=262145"}, "ANNOTATION_MAX_BYTES"},
+		{"annotation bytes zero", map[string]string{"ANNOTATION_MAX_BYTES": "0"}, nil, "ANNOTATION_MAX_BYTES"},
 		{"tls ca missing", map[string]string{"NATS_TLS_CA_FILE": "/nonexistent/ca.pem"}, nil, "NATS_TLS_CA_FILE"},
 		{"tls cert without key", map[string]string{"NATS_TLS_CERT_FILE": "/nonexistent/tls.crt"}, nil, "NATS_TLS_KEY_FILE"},
 		{"flag overrides a good env with a bad value", nil, []string{"--nats-account", "SYS"}, "NATS_ACCOUNT"},
