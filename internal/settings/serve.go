@@ -52,6 +52,7 @@ type Serve struct {
 	Workers               int
 	RequestTimeout        time.Duration
 	JWKSRefresh           time.Duration
+	TokenCacheSize        int
 	ShowVersion           bool
 
 	// JWKSURLSet says JWKS_URL was given; otherwise a kubeconfig's API server serves the JWKS.
@@ -151,6 +152,8 @@ func ServeTable(c *Serve, inPod bool) Table {
 		Duration(&c.RequestTimeout, "CALLOUT_REQUEST_TIMEOUT", "callout-request-timeout", 1500*time.Millisecond,
 			"per-request deadline; must stay below the server's authorization timeout (default 2s); at most 10s").alias("request-timeout").doc("per-request deadline, counted from the request's arrival; must stay below the server's `authorization.timeout` (default 2 s). Accepted up to 10 s, for servers configured with a longer timeout"),
 		Duration(&c.JWKSRefresh, "JWKS_REFRESH_INTERVAL", "jwks-refresh-interval", time.Hour, "background JWKS refresh; unknown key IDs also trigger a (rate-limited) refresh").doc("background JWKS refresh (at least `1m`); an unknown `kid` also refreshes (rate limited)"),
+		Int(&c.TokenCacheSize, "TOKEN_CACHE_SIZE", "token-cache-size", kube.DefaultTokenCacheSize, "verified tokens remembered so that a reconnect skips the signature check; 0 turns the cache off").
+			doc("tokens remembered after they verified (about 0.5 KB each): a client reconnecting with the same token skips the signature check until the token's `exp`, or until the JWKS drops the key that signed it; its ServiceAccount and uid are still looked up on every login. `0` turns the cache off"),
 		Bool(&c.ShowVersion, "", "version", false, "print the version and exit"),
 	)
 	return Table{
@@ -238,6 +241,8 @@ func (c Serve) Validate() error {
 		return errors.New("CALLOUT_WORKERS must not be negative")
 	case c.RequestTimeout <= 0 || c.RequestTimeout > 10*time.Second:
 		return fmt.Errorf("CALLOUT_REQUEST_TIMEOUT: %s must be above 0 and below the server's authorization timeout", c.RequestTimeout)
+	case c.TokenCacheSize < 0:
+		return errors.New("TOKEN_CACHE_SIZE must not be negative (0 turns the cache off)")
 	case c.JWKSRefresh < time.Minute:
 		return fmt.Errorf("JWKS_REFRESH_INTERVAL: %s is too short (minimum 1m)", c.JWKSRefresh)
 	}

@@ -106,7 +106,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	verifier, err := kube.NewVerifier(ctx, kube.VerifierConfig{
 		JWKSURL: d.JWKSURL, HTTPClient: d.HTTPClient, Issuer: c.Issuer, Audience: c.Audience,
-		RefreshInterval: c.JWKSRefresh, Logger: log, Registerer: reg,
+		RefreshInterval: c.JWKSRefresh, TokenCacheSize: tokenCacheSize(c.TokenCacheSize), Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("JWKS_URL: %w", err)
@@ -178,4 +178,13 @@ func react(ctx context.Context, ch *changes, svc *callout.Service, op *operatorC
 		}
 		op.recheck()
 	}
+}
+
+// tokenCacheSize is TOKEN_CACHE_SIZE as kube.VerifierConfig takes it: 0 there means the default,
+// a negative size turns the cache off.
+func tokenCacheSize(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
