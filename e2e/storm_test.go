@@ -29,10 +29,10 @@ const stormClients = 1000
 // (2 s), so that a client does not give up on a callout the server is still waiting for and
 // retry with a new one; reconnect jitter, so that a fleet spreads its reconnects instead of
 // arriving in the same instant; and IgnoreAuthErrorAbort, so that a refused attempt is retried.
-func stormClientOptions() []nats.Option {
+func stormClientOptions(jitter time.Duration) []nats.Option {
 	return []nats.Option{
 		nats.Timeout(5 * time.Second),
-		nats.ReconnectJitter(2*time.Second, 2*time.Second),
+		nats.ReconnectJitter(jitter, jitter),
 		nats.IgnoreAuthErrorAbort(),
 	}
 }
@@ -46,6 +46,7 @@ func stormClientOptions() []nats.Option {
 //	scripts/e2e.sh -run TestReconnectStorm     (E2E_STORM_CLIENTS=N for another size;
 //	                                            E2E_STORM_NATS_DEFAULTS=1: clients with nats.go's
 //	                                            default options instead of the recommended ones;
+//	                                            E2E_STORM_JITTER=5s: the clients' reconnect jitter;
 //	                                            E2E_STORM_SERVICE_ENV="CALLOUT_WORKERS=4 ...": the
 //	                                            sidecar's settings)
 func TestReconnectStorm(t *testing.T) {
@@ -56,7 +57,15 @@ func TestReconnectStorm(t *testing.T) {
 			t.Fatalf("E2E_STORM_CLIENTS=%q: want a positive number", v)
 		}
 	}
-	clientOpts, clients := stormClientOptions(), "recommended options (nats.Timeout 5s, ReconnectJitter 2s, IgnoreAuthErrorAbort)"
+	jitter := 2 * time.Second
+	if v := os.Getenv("E2E_STORM_JITTER"); v != "" {
+		var err error
+		if jitter, err = time.ParseDuration(v); err != nil || jitter < 0 {
+			t.Fatalf("E2E_STORM_JITTER=%q: want a duration", v)
+		}
+	}
+	clientOpts := stormClientOptions(jitter)
+	clients := fmt.Sprintf("recommended options (nats.Timeout 5s, ReconnectJitter %s, IgnoreAuthErrorAbort)", jitter)
 	if os.Getenv("E2E_STORM_NATS_DEFAULTS") == "1" {
 		clientOpts, clients = nil, "nats.go default options"
 	}
