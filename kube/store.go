@@ -64,6 +64,7 @@ type Store struct {
 	failingSince  atomic.Pointer[time.Time]
 	lastOutageLog atomic.Int64
 	started       atomic.Bool
+	policies      policyMemo
 }
 
 // NewStore builds the informers (without starting them: see Run) and validates the config.
@@ -137,8 +138,21 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
 		}
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { s.count.Inc() },
-			DeleteFunc: func(any) { s.count.Dec() },
+			AddFunc: func(any) { s.count.Inc() },
+			UpdateFunc: func(old, cur any) {
+				if o, ok := old.(*ServiceAccount); ok && o.ResourceVersion != resourceVersion(cur) {
+					s.policies.forget(o.UID)
+				}
+			},
+			DeleteFunc: func(obj any) {
+				s.count.Dec()
+				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = d.Obj
+				}
+				if o, ok := obj.(*ServiceAccount); ok {
+					s.policies.forget(o.UID)
+				}
+			},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
@@ -247,11 +261,13 @@ func (s *Store) HasSynced() bool {
 }
 
 // Policy checks that the ServiceAccount named by id exists in the cache, is not being deleted,
-// and has the uid the token was issued for; then parses its annotations (see ParsePolicy).
-// Before the cache has synced, a ServiceAccount not (yet) in it gives ErrNotSynced rather than
-// ErrServiceAccountNotFound.
+// and has the uid the token was issued for; then gives the permissions its annotations grant
+// (see ParsePolicy). Those are parsed once per version of the ServiceAccount (its uid and
+// resourceVersion) and remembered (see policyMemo); the checks run on every call. The Policy
+// returned may be shared with other callers: read only. Before the cache has synced, a
+// ServiceAccount not (yet) in it gives ErrNotSynced rather than ErrServiceAccountNotFound.
 func (s *Store) Policy(id Identity) (Policy, error) {
-	sa, err := s.lookup(id.Namespace, id.Name)
+	inf, sa, err := s.lookup(id.Namespace, id.Name)
 	if err != nil {
 		return Policy{}, err
 	}
@@ -262,32 +278,51 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 	case string(sa.UID) != id.UID:
 		return Policy{}, fmt.Errorf("%w: %s/%s has uid %s, token has %q", ErrUIDMismatch, id.Namespace, id.Name, sa.UID, id.UID)
 	}
-	return ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.Annotations)
+	if p, err, ok := s.policies.get(sa); ok {
+		return p, err
+	}
+	p, err := ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.Annotations)
+	// Remembered only while sa is still the cached version, checked under the memo's lock: the
+	// informer updates its cache before it tells the handlers that forget, so a version replaced
+	// meanwhile is either not stored or forgotten right after.
+	s.policies.put(sa, p, err, func() bool {
+		cur, exists, _ := inf.GetIndexer().GetByKey(sa.Namespace + "/" + sa.Name)
+		return exists && cur == any(sa)
+	})
+	return p, err
 }
 
-// lookup finds a ServiceAccount in the cache. The object is shared with the informer: read only.
-func (s *Store) lookup(namespace, name string) (*ServiceAccount, error) {
+// lookup finds a ServiceAccount in the cache, and the informer that holds it. The object is
+// shared with the informer: read only.
+func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *ServiceAccount, error) {
 	inf, ok := s.informers[metav1.NamespaceAll]
 	if !ok {
 		if inf, ok = s.informers[namespace]; !ok {
-			return nil, fmt.Errorf("%w: %s/%s: namespace not watched", ErrServiceAccountNotFound, namespace, name)
+			return nil, nil, fmt.Errorf("%w: %s/%s: namespace not watched", ErrServiceAccountNotFound, namespace, name)
 		}
 	}
 	if namespace == "" || name == "" {
-		return nil, fmt.Errorf("%w: empty namespace or name", ErrServiceAccountNotFound)
+		return nil, nil, fmt.Errorf("%w: empty namespace or name", ErrServiceAccountNotFound)
 	}
 	obj, exists, err := inf.GetIndexer().GetByKey(namespace + "/" + name)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("look up serviceaccount %s/%s: %w", namespace, name, err)
+		return nil, nil, fmt.Errorf("look up serviceaccount %s/%s: %w", namespace, name, err)
 	case !exists && !s.HasSynced():
-		return nil, fmt.Errorf("%w: %s/%s not found yet", ErrNotSynced, namespace, name)
+		return nil, nil, fmt.Errorf("%w: %s/%s not found yet", ErrNotSynced, namespace, name)
 	case !exists:
-		return nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
+		return nil, nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
 	}
 	sa, ok := obj.(*ServiceAccount)
 	if !ok {
-		return nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
+		return nil, nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
 	}
-	return sa, nil
+	return inf, sa, nil
+}
+
+func resourceVersion(obj any) string {
+	if sa, ok := obj.(*ServiceAccount); ok {
+		return sa.ResourceVersion
+	}
+	return ""
 }

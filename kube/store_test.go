@@ -174,6 +174,116 @@ func TestStoreFollowsChanges(t *testing.T) {
 	}
 }
 
+// TestStorePolicyMemo checks that annotations are parsed once per version of a ServiceAccount:
+// the same policy (not a copy) until the object changes, a new one after, nothing remembered
+// for a deleted one; and that the uid and deletion checks still run on every call.
+func TestStorePolicyMemo(t *testing.T) {
+	ctx := context.Background()
+	client := memoryCluster(t,
+		serviceAccount("team-a", "app", "uid-1", map[string]string{kube.AnnotationAllowedPub: "orders.>"}),
+		serviceAccount("team-a", "broken", "uid-broken", map[string]string{kube.AnnotationDeniedPub: "a..b"}),
+	)
+	s, _ := startStore(t, client, kube.StoreConfig{})
+	id := kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-1"}
+	same := func(a, b kube.Policy) bool {
+		return len(a.Permissions.PubAllow) > 0 && len(b.Permissions.PubAllow) > 0 &&
+			&a.Permissions.PubAllow[0] == &b.Permissions.PubAllow[0]
+	}
+
+	if n := s.MemoisedPolicies(); n != 0 {
+		t.Errorf("%d policies remembered before any login, want 0", n)
+	}
+	first, err := s.Policy(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := s.Policy(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !same(first, second) {
+		t.Error("second login parsed the annotations again, want the remembered policy")
+	}
+	if n := s.MemoisedPolicies(); n != 1 {
+		t.Errorf("%d policies remembered, want 1", n)
+	}
+	// The uid check still runs: a token for an older ServiceAccount of the same name is refused.
+	if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "app", UID: "uid-0"}); !errors.Is(err, kube.ErrUIDMismatch) {
+		t.Errorf("other uid: %v, want %v", err, kube.ErrUIDMismatch)
+	}
+	// A refusal is remembered too, and stays a refusal.
+	for range 2 {
+		if _, err := s.Policy(kube.Identity{Namespace: "team-a", Name: "broken", UID: "uid-broken"}); !errors.Is(err, kube.ErrInvalidPolicy) {
+			t.Errorf("invalid deny annotation: %v, want %v", err, kube.ErrInvalidPolicy)
+		}
+	}
+	if n := s.MemoisedPolicies(); n != 2 {
+		t.Errorf("%d policies remembered, want 2", n)
+	}
+
+	// An update: the next login sees the new annotations, and the old version is forgotten.
+	sa, err := client.Get(ctx, "team-a", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa = sa.DeepCopy()
+	sa.Annotations = map[string]string{kube.AnnotationAllowedPub: "invoices.>"}
+	if _, err := client.Update(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "annotation update", 10*time.Second, func() bool {
+		p, err := s.Policy(id)
+		return err == nil && slices.Contains(p.Permissions.PubAllow, "invoices.>")
+	})
+	updated, err := s.Policy(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(updated.Permissions.PubAllow, "orders.>") || same(updated, first) {
+		t.Errorf("after the update PubAllow = %q, want the new annotation's only", updated.Permissions.PubAllow)
+	}
+	if again, _ := s.Policy(id); !same(updated, again) {
+		t.Error("the updated version is parsed on every login, want once")
+	}
+	testsupport.WaitFor(t, "the old version forgotten", 10*time.Second, func() bool { return s.MemoisedPolicies() == 2 })
+
+	// Deletion starts: refused although a policy is remembered for the version before.
+	sa, err = client.Get(ctx, "team-a", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa = sa.DeepCopy()
+	sa.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	sa.Finalizers = []string{"example.com/hold"}
+	if _, err := client.Update(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "deletion timestamp", 10*time.Second, func() bool {
+		_, err := s.Policy(id)
+		return errors.Is(err, kube.ErrServiceAccountDeleting)
+	})
+
+	// Deleted: forgotten. Recreated under the same name: a new uid, parsed afresh.
+	if err := client.Delete(ctx, "team-a", "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Delete(ctx, "team-a", "broken"); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "deleted ServiceAccounts forgotten", 10*time.Second, func() bool { return s.MemoisedPolicies() == 0 })
+	if _, err := client.Create(ctx, serviceAccount("team-a", "app", "uid-2", nil)); err != nil {
+		t.Fatal(err)
+	}
+	id.UID = "uid-2"
+	testsupport.WaitFor(t, "recreation", 10*time.Second, func() bool {
+		p, err := s.Policy(id)
+		return err == nil && slices.Equal(p.Permissions.PubAllow, []string{"team-a.>"})
+	})
+	if n := s.MemoisedPolicies(); n != 1 {
+		t.Errorf("%d policies remembered, want 1", n)
+	}
+}
+
 func TestStoreNamespaceLimited(t *testing.T) {
 	ctx := context.Background()
 	client := memoryCluster(t,
@@ -271,7 +381,9 @@ func TestNewStoreConfig(t *testing.T) {
 }
 
 // BenchmarkStore reports what the informer cache costs per ServiceAccount (heap after sync,
-// annotations as in the README's example) and the time of one lookup with its policy parse.
+// annotations as in the README's example), the time of one lookup with its policy (each of the
+// 10,000 ServiceAccounts in turn: parsed on its first login, remembered after), and what a
+// remembered policy costs (the memo's own estimate, which it bounds).
 func BenchmarkStore(b *testing.B) {
 	const n = 10000
 	sas := make([]*kube.ServiceAccount, n)
@@ -311,6 +423,7 @@ func BenchmarkStore(b *testing.B) {
 		ids[i] = kube.Identity{Namespace: sas[i].Namespace, Name: sas[i].Name, UID: string(sas[i].UID)}
 	}
 	i := 0
+	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := s.Policy(ids[i%n]); err != nil {
 			b.Fatal(err)
@@ -318,4 +431,76 @@ func BenchmarkStore(b *testing.B) {
 		i++
 	}
 	b.ReportMetric(perSA, "heap-B/serviceaccount") // after the loop: b.Loop resets reported metrics
+	if k := s.MemoisedPolicies(); k > 0 {
+		b.ReportMetric(float64(s.MemoisedBytes())/float64(k), "memo-B/policy")
+	}
+}
+
+// BenchmarkStorePolicy is one login's lookup and policy (Store.Policy) for a ServiceAccount
+// with a few annotation subjects (normal) and one with all four annotations at the caps
+// (1,000 entries each, 16 KiB of subjects granted), with annotations parsed on every login
+// (as before the policy memo) and remembered per version.
+func BenchmarkStorePolicy(b *testing.B) {
+	long := func(kind string) string {
+		e := make([]string, kube.DefaultAnnotationMaxEntries)
+		for i := range e {
+			e[i] = fmt.Sprintf("shop.%s.%s.%05d", kind, strings.Repeat("x", 40), i)
+		}
+		return strings.Join(e, ",")
+	}
+	short := func(kind string) string {
+		e := make([]string, kube.DefaultAnnotationMaxEntries)
+		for i := range e {
+			e[i] = fmt.Sprintf("%s.%05d", kind, i)
+		}
+		return strings.Join(e, ",")
+	}
+	for _, c := range []struct {
+		name        string
+		annotations map[string]string
+	}{
+		{"normal", map[string]string{
+			kube.AnnotationAllowedPub: "events.orders.>, audit.shop",
+			kube.AnnotationAllowedSub: "commands.orders.*",
+			kube.AnnotationDeniedPub:  "shop.internal.>",
+		}},
+		{"at-the-caps", map[string]string{
+			kube.AnnotationAllowedPub: long("pub"), kube.AnnotationAllowedSub: long("sub"),
+			kube.AnnotationDeniedPub: short("np"), kube.AnnotationDeniedSub: short("ns"),
+		}},
+	} {
+		for _, memo := range []bool{false, true} {
+			name := c.name + "/parse-every-login"
+			if memo {
+				name = c.name + "/memoised"
+			}
+			b.Run(name, func(b *testing.B) {
+				m, err := kubefake.NewMemoryCluster(serviceAccount("shop", "api", "uid-api", c.annotations))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer m.Close()
+				s, err := kube.NewStore(m.Client(), kube.StoreConfig{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if !memo {
+					s.ParseEveryLogin()
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go func() { _ = s.Run(ctx) }()
+				if !cache.WaitForCacheSync(ctx.Done(), s.HasSynced) {
+					b.Fatal("not synced")
+				}
+				id := kube.Identity{Namespace: "shop", Name: "api", UID: "uid-api"}
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := s.Policy(id); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }
