@@ -286,7 +286,11 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	if p.AllowResponses {
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
 	}
-	return uc.Encode(signer)
+	if !nkeys.IsValidPublicUserKey(uc.Subject) {
+		return "", errors.New("expected subject to be user public key")
+	}
+	tok, err := encodeJWT(&uc.ClaimsData, &uc.GenericFields, jwt.UserClaim, uc, signer)
+	return string(tok), err
 }
 
 func (h *Handler) record(d Decision) {

@@ -121,12 +121,12 @@ func (r *request) respond(userJWT string, denial error) ([]byte, error) {
 	} else {
 		rc.Jwt = userJWT
 	}
-	tok, err := rc.Encode(r.signer)
+	tok, err := encodeJWT(&rc.ClaimsData, &rc.GenericFields, jwt.AuthorizationResponseClaim, rc, r.signer)
 	if err != nil {
 		return nil, err
 	}
 	if r.serverXKey == "" {
-		return []byte(tok), nil
+		return tok, nil
 	}
-	return r.xk.kp.Seal([]byte(tok), r.claims.Server.XKey)
+	return r.xk.kp.Seal(tok, r.claims.Server.XKey)
 }
