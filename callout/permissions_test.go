@@ -19,10 +19,10 @@ func TestSubjectList(t *testing.T) {
 		{">"},
 	}
 	r := rand.New(rand.NewPCG(1, 2))
-	for range 50 {
-		l := make([]string, r.IntN(40))
+	for range 100 { // lists on both sides of smallList
+		l := make([]string, r.IntN(3*smallList))
 		for i := range l {
-			l[i] = fmt.Sprintf("s.%d", r.IntN(10))
+			l[i] = fmt.Sprintf("s.%d", r.IntN(2*smallList))
 			if r.IntN(10) == 0 {
 				l[i] = ""
 			}
