@@ -286,22 +286,21 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	if p.AllowResponses {
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
 	}
-	if !nkeys.IsValidPublicUserKey(uc.Subject) {
-		return "", errors.New("expected subject to be user public key")
-	}
+	// userNkey is a user public key: checkRequest made sure of it.
 	tok, err := encodeJWT(&uc.ClaimsData, &uc.GenericFields, jwt.UserClaim, uc, signer)
-	return string(tok), err
+	return bytesString(tok), err
 }
 
 func (h *Handler) record(d Decision) {
 	if h.cfg.Metrics != nil {
 		h.cfg.Metrics.observe(d)
 	}
-	attrs := []slog.Attr{
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
 		slog.String("result", d.Result),
 		slog.String("reason", d.Reason),
 		slog.Float64("duration_ms", float64(d.Duration.Microseconds())/1000),
-	}
+	)
 	if d.Identity.Namespace != "" {
 		attrs = append(attrs, slog.String("namespace", d.Identity.Namespace), slog.String("serviceaccount", d.Identity.Name))
 	}

@@ -52,7 +52,9 @@ func (h *Handler) openRequest(data []byte, hdr nats.Header, d *Decision) (*reque
 		}
 		data = opened
 	}
-	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
+	// The request is read in place: nothing writes to data while it is decoded, and the claims
+	// hold copies of what they need, not parts of it.
+	req, err := jwt.DecodeAuthorizationRequestClaims(bytesString(data))
 	if err != nil {
 		return nil, ReasonBadRequest, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}

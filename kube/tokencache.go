@@ -47,8 +47,14 @@ func newTokenCache(size int, hits, misses prometheus.Counter) *tokenCache {
 
 // tokenHash is the cache key of token.
 func tokenHash(token string) tokenKey {
+	// Copied through a small buffer: []byte(token) would allocate a copy of the whole token.
 	h := sha256.New()
-	_, _ = h.Write([]byte(token))
+	var buf [256]byte
+	for len(token) > 0 {
+		n := copy(buf[:], token)
+		_, _ = h.Write(buf[:n])
+		token = token[n:]
+	}
 	var k tokenKey
 	h.Sum(k[:0])
 	return k
