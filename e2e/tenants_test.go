@@ -25,18 +25,35 @@ func TestHugeAnnotations(t *testing.T) {
 	url := d.nats.url()
 	hoard := newNamespace(t, "hoard")
 
-	// The most a login can be made to carry: all four lists at the default entry cap (1,000),
-	// with subjects long enough to fill the 256 KiB between them.
-	list := func(kind string) string {
+	// list is 1,000 distinct subjects prefix.kind.<x bytes of padding>.NNNN.
+	list := func(prefix, kind string, x int) string {
 		e := make([]string, 1000)
 		for i := range e {
-			e[i] = fmt.Sprintf("%s.%s.%s.%04d", hoard, kind, strings.Repeat("x", 40), i)
+			e[i] = fmt.Sprintf("%s.%s.%s.%04d", prefix, kind, strings.Repeat("x", x), i)
 		}
 		return strings.Join(e, ",")
 	}
-	full := map[string]string{
-		"nats.io/allowed-pub-subjects": list("pub"), "nats.io/allowed-sub-subjects": list("sub"),
-		"nats.io/denied-pub-subjects": list("nopub"), "nats.io/denied-sub-subjects": list("nosub"),
+	short := func(kind string) string {
+		e := make([]string, 1000)
+		for i := range e {
+			e[i] = fmt.Sprintf("%s.%04d", kind, i) // 7 bytes
+		}
+		return strings.Join(e, ",")
+	}
+	// The most an allowed login can be made to carry: all four lists at the default entry cap
+	// (1,000), the deny lists within the default ANNOTATION_MAX_BYTES (16 KiB: 14,000 bytes
+	// of deny subjects), the allow lists of long subjects filling the rest of the 256 KiB, of
+	// which only what the byte cap leaves is granted (outside the namespace's default grant, so
+	// that what is cut shows).
+	caps := map[string]string{
+		"nats.io/allowed-pub-subjects": "np.>," + list("wide", "pub", 90), "nats.io/allowed-sub-subjects": list("wide", "sub", 90),
+		"nats.io/denied-pub-subjects": short("np"), "nats.io/denied-sub-subjects": short("ns"),
+	}
+	// All four lists at the entry cap with long subjects: the deny lists are beyond the byte
+	// cap, so the login is refused.
+	over := map[string]string{
+		"nats.io/allowed-pub-subjects": list(hoard, "pub", 40), "nats.io/allowed-sub-subjects": list(hoard, "sub", 40),
+		"nats.io/denied-pub-subjects": list(hoard, "nopub", 40), "nats.io/denied-sub-subjects": list(hoard, "nosub", 40),
 	}
 	// The hardening issue's shape: one allow list of short subjects filling 250 KiB (about
 	// 35,000 of them), of which the first 1,000 are used.
@@ -45,41 +62,59 @@ func TestHugeAnnotations(t *testing.T) {
 		fmt.Fprintf(&flood, "flood.%d,", i)
 	}
 	cut := map[string]string{"nats.io/allowed-pub-subjects": flood.String()}
-	for name, a := range map[string]map[string]string{"full": full, "cut": cut} {
+	for _, sa := range []struct {
+		name string
+		a    map[string]string
+	}{{"over", over}, {"caps", caps}, {"cut", cut}} {
 		size := 0
-		for k, v := range a {
+		for k, v := range sa.a {
 			size += len(k) + len(v)
 		}
 		if size > annotationLimit || size < 200<<10 {
-			t.Fatalf("%s: %d bytes of annotations, want 200 KiB to %d", name, size, annotationLimit)
+			t.Fatalf("%s: %d bytes of annotations, want 200 KiB to %d", sa.name, size, annotationLimit)
 		}
-		t.Logf("ServiceAccount %s/%s: %d bytes of annotations", hoard, name, size)
-		newServiceAccount(t, hoard, name, a)
+		t.Logf("ServiceAccount %s/%s: %d bytes of annotations", hoard, sa.name, size)
+		newServiceAccount(t, hoard, sa.name, sa.a)
 	}
 	calm := newNamespace(t, "calm")
 	newServiceAccount(t, calm, "app", nil)
-	fullTok, cutTok, appTok := token(t, hoard, "full"), token(t, hoard, "cut"), token(t, calm, "app")
+	fullTok, cutTok, appTok := token(t, hoard, "caps"), token(t, hoard, "cut"), token(t, calm, "app")
 	for _, tok := range []string{fullTok, cutTok, appTok} {
 		connectWhenKnown(t, url, tok).Close()
 	}
 
+	t.Run("deny lists beyond the byte cap refuse the login", func(t *testing.T) {
+		// The informer delivers a namespace's ServiceAccounts in order: "over" came before "caps".
+		wantRefused(t, d, "invalid_policy", nats.Token(token(t, hoard, "over")))
+	})
+
 	t.Run("the grant is what the capped lists say", func(t *testing.T) {
-		pub, nopub := fmt.Sprintf("%s.pub.%s.0999", hoard, strings.Repeat("x", 40)), fmt.Sprintf("%s.nopub.%s.0999", hoard, strings.Repeat("x", 40))
-		if err := tryPublish(t, url, fullTok, pub, "x"); err != nil {
-			t.Errorf("publish %q, the 1,000th allow entry: %v", pub, err)
+		// 16,384 bytes: 14,000 of deny subjects, 4 of np.>, then whole allow subjects of 104 bytes.
+		kept := (16384 - 14000 - 4) / 104
+		pub := func(i int) string { return fmt.Sprintf("wide.pub.%s.%04d", strings.Repeat("x", 90), i) }
+		if err := tryPublish(t, url, fullTok, pub(kept-1), "x"); err != nil {
+			t.Errorf("publish the last allow entry within the byte cap: %v", err)
 		}
-		wantViolation(t, tryPublish(t, url, fullTok, nopub, "x"), "publish", nopub)
+		wantViolation(t, tryPublish(t, url, fullTok, pub(kept), "x"), "publish", pub(kept))
+		wantViolation(t, tryPublish(t, url, fullTok, "np.0999", "x"), "publish", "np.0999")
+		if err := tryPublish(t, url, fullTok, "np.1000", "x"); err != nil {
+			t.Errorf("publish np.1000, allowed by np.> and not denied: %v", err)
+		}
 		if err := tryPublish(t, url, cutTok, "flood.999", "x"); err != nil {
 			t.Errorf("publish flood.999, the 1,000th allow entry: %v", err)
 		}
 		wantViolation(t, tryPublish(t, url, cutTok, "flood.1000", "x"), "publish", "flood.1000")
-		const warning = "nats.io/allowed-pub-subjects: more than 1000 entries, only the first 1000 are used"
-		eventually(t, 10*time.Second, "the cut in the decision log", func() error {
-			if !strings.Contains(d.svc.p.log(), warning) {
-				return fmt.Errorf("no %q", warning)
-			}
-			return nil
-		})
+		for _, warning := range []string{
+			"nats.io/allowed-pub-subjects: more than 1000 entries, only the first 1000 are used",
+			"nats.io/allowed-pub-subjects: annotations grant more than 16384 bytes of subjects, entries from",
+		} {
+			eventually(t, 10*time.Second, "the cut in the decision log", func() error {
+				if !strings.Contains(d.svc.p.log(), warning) {
+					return fmt.Errorf("no %q", warning)
+				}
+				return nil
+			})
+		}
 	})
 
 	// logins connects as calm/app n times, one after the other, and describes how long they took.
