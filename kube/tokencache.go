@@ -28,7 +28,7 @@ type verifiedToken struct {
 // are kept. An entry is served until the token's exp (never within the verifier's leeway past
 // it: such a token is verified again, and refused with its own reason), and dropped when a JWKS
 // refresh no longer carries the key that verified it. When the cache is full, expired entries
-// are dropped first, then an arbitrary one. It is safe for concurrent use.
+// are dropped first (at most once a minute), then an arbitrary one. It is safe for concurrent use.
 type tokenCache struct {
 	max    int
 	hits   prometheus.Counter
@@ -39,7 +39,12 @@ type tokenCache struct {
 	// gen counts key-set replacements: a verification that began before one is not cached,
 	// since the key it used may just have been removed.
 	gen uint64
+	// nextSweep is when a full cache may next be swept of expired entries.
+	nextSweep time.Time
 }
+
+// sweepInterval is the least time between two sweeps of expired entries from a full cache.
+const sweepInterval = time.Minute
 
 func newTokenCache(size int, hits, misses prometheus.Counter) *tokenCache {
 	return &tokenCache{max: size, hits: hits, misses: misses, entries: make(map[tokenKey]verifiedToken, min(size, 1024))}
@@ -90,9 +95,14 @@ func (c *tokenCache) put(k tokenKey, id Identity, kid string, gen uint64, now ti
 		return
 	}
 	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
-		for key, e := range c.entries {
-			if !now.Before(e.id.Expiry) {
-				delete(c.entries, key)
+		if !now.Before(c.nextSweep) {
+			// At most once per sweepInterval: a full sweep reads every entry, too much to repeat
+			// for each new token while more distinct tokens arrive than the cache holds.
+			c.nextSweep = now.Add(sweepInterval)
+			for key, e := range c.entries {
+				if !now.Before(e.id.Expiry) {
+					delete(c.entries, key)
+				}
 			}
 		}
 		for key := range c.entries {
