@@ -116,11 +116,12 @@ func marshalInto(buf *bytes.Buffer, v any) error {
 	return nil
 }
 
-// bytesString is b as a string without a copy. b must never be written again: it is used for
-// the bytes encodeJWT returns, which nothing else holds.
+// bytesString is b as a string without a copy. b must not be written while the string is in
+// use: it is used for the bytes encodeJWT returns, which nothing else holds, and for a request's
+// body (the message's own bytes, or the opened ones) while it is decoded.
 func bytesString(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
-	return unsafe.String(&b[0], len(b)) //nolint:gosec // b is never written again (see above)
+	return unsafe.String(&b[0], len(b)) //nolint:gosec // b is not written while the string is in use (see above)
 }
