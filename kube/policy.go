@@ -296,7 +296,9 @@ func renderAll(templates []string, namespace, name string) ([]string, error) {
 // maxEntries entries are looked at, and only while *budget (bytes of subjects left of maxBytes)
 // holds the next new entry: one warning says there were more, and the rest is not read.
 func addAllowed(list []string, key string, annotations map[string]string, within *limit, maxEntries int, budget *int, maxBytes int, w *warnings) []string {
-	seen := make(map[string]struct{}, len(list))
+	hint := entriesHint(annotations[key], maxEntries)
+	seen := make(map[string]struct{}, len(list)+hint)
+	list = slices.Grow(list, hint)
 	for _, s := range list {
 		seen[s] = struct{}{}
 	}
@@ -326,14 +328,21 @@ func addAllowed(list []string, key string, annotations map[string]string, within
 			list = append(list, entry)
 		}
 	}
+	if len(list) == 0 {
+		return nil
+	}
 	return list
 }
 
 // denied parses a deny annotation; any invalid entry, more than maxEntries entries, or entries
 // longer together than what is left of the byte budget (*budget, of maxBytes), is an error.
 func denied(key string, annotations map[string]string, maxEntries int, budget *int, maxBytes int) ([]string, error) {
-	var list []string
-	seen := map[string]struct{}{}
+	hint := entriesHint(annotations[key], maxEntries)
+	if hint == 0 {
+		return nil, nil
+	}
+	list := make([]string, 0, hint)
+	seen := make(map[string]struct{}, hint)
 	n := 0
 	var tokens []string
 	for entry := range entries(annotations[key]) {
@@ -353,7 +362,19 @@ func denied(key string, annotations map[string]string, maxEntries int, budget *i
 			list = append(list, entry)
 		}
 	}
+	if len(list) == 0 {
+		return nil, nil
+	}
 	return list, nil
+}
+
+// entriesHint is how many entries v may hold, at most maxEntries: room to make for them at once
+// rather than growing a list and a map entry by entry.
+func entriesHint(v string, maxEntries int) int {
+	if strings.TrimSpace(v) == "" {
+		return 0
+	}
+	return min(strings.Count(v, ",")+1, maxEntries)
 }
 
 // limit is a rendered annotation subject limit, split into tokens once per policy.
