@@ -114,55 +114,66 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	for _, ns := range namespaces {
-		api := client.Resource(ServiceAccountsResource).Namespace(ns)
-		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-				l, err := api.List(ctx, opts)
-				s.apiResult(ctx, ns, err)
-				return l, err
-			},
-			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-				w, err := api.Watch(ctx, opts)
-				s.apiResult(ctx, ns, err)
-				return w, err
-			},
-		}, client)
-		inf := cache.NewSharedIndexInformerWithOptions(lw, &ServiceAccount{}, cache.SharedIndexInformerOptions{
-			ResyncPeriod:      cfg.ResyncPeriod,
-			ObjectDescription: "serviceaccounts",
-		})
-		if err := inf.SetTransform(trimServiceAccount); err != nil {
-			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
-		}
-		if err := inf.SetWatchErrorHandlerWithContext(s.watchError(ns)); err != nil {
-			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
-		}
-		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.count.Inc() },
-			UpdateFunc: func(old, cur any) {
-				if o, ok := old.(*ServiceAccount); ok && o.ResourceVersion != resourceVersion(cur) {
-					s.policies.forget(o.UID)
-				}
-			},
-			DeleteFunc: func(obj any) {
-				s.count.Dec()
-				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-					obj = d.Obj
-				}
-				if o, ok := obj.(*ServiceAccount); ok {
-					s.policies.forget(o.UID)
-				}
-			},
-		})
+		inf, synced, err := s.newInformer(client, ns, cfg.ResyncPeriod)
 		if err != nil {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
 		}
 		s.informers[ns] = inf
 		// The handler registration is synced once the informer is and the handler has seen
 		// the initial list, so the count gauge is right by then too.
-		s.synced = append(s.synced, reg.HasSynced)
+		s.synced = append(s.synced, synced)
 	}
 	return s, nil
+}
+
+// newInformer makes the metadata-only ServiceAccount informer of one namespace (or all): it
+// reports API results, keeps only what a decision reads, counts the cache and forgets a
+// ServiceAccount's parsed policy when it changes or goes.
+func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Duration) (cache.SharedIndexInformer, cache.InformerSynced, error) {
+	api := client.Resource(ServiceAccountsResource).Namespace(ns)
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			l, err := api.List(ctx, opts)
+			s.apiResult(ctx, ns, err)
+			return l, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			w, err := api.Watch(ctx, opts)
+			s.apiResult(ctx, ns, err)
+			return w, err
+		},
+	}, client)
+	inf := cache.NewSharedIndexInformerWithOptions(lw, &ServiceAccount{}, cache.SharedIndexInformerOptions{
+		ResyncPeriod:      resync,
+		ObjectDescription: "serviceaccounts",
+	})
+	if err := inf.SetTransform(trimServiceAccount); err != nil {
+		return nil, nil, err
+	}
+	if err := inf.SetWatchErrorHandlerWithContext(s.watchError(ns)); err != nil {
+		return nil, nil, err
+	}
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { s.count.Inc() },
+		UpdateFunc: func(old, cur any) {
+			if o, ok := old.(*ServiceAccount); ok && o.ResourceVersion != resourceVersion(cur) {
+				s.policies.forget(o.UID)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			s.count.Dec()
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if o, ok := obj.(*ServiceAccount); ok {
+				s.policies.forget(o.UID)
+			}
+		},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return inf, reg.HasSynced, nil
 }
 
 // apiOutageReminder is how often a continuing list/watch failure is logged again.
