@@ -290,7 +290,7 @@ func TestPanicDropsTheRequestOnly(t *testing.T) {
 	r := newRig(t, rigOptions{policy: func(id kube.Identity) (kube.Policy, error) {
 		if id.Name == "app" {
 			var m map[string]int
-			m["boom"]++ // a nil map write: a bug reachable from one request
+			m["boom"]++ //nolint:staticcheck // a nil map write on purpose: a bug reachable from one request
 		}
 		return kube.Policy{Permissions: kube.Permissions{PubAllow: []string{"x"}, SubAllow: []string{"x"}}}, nil
 	}})

@@ -32,14 +32,14 @@ type memoEntry struct {
 }
 
 // get returns the policy remembered for this version of sa, if any.
-func (m *policyMemo) get(sa *ServiceAccount) (Policy, error, bool) {
+func (m *policyMemo) get(sa *ServiceAccount) (Policy, bool, error) {
 	m.mu.RLock()
 	e, ok := m.entries[sa.UID]
 	m.mu.RUnlock()
 	if !ok || e.resourceVersion != sa.ResourceVersion {
-		return Policy{}, nil, false
+		return Policy{}, false, nil
 	}
-	return e.policy, e.err, true
+	return e.policy, true, e.err
 }
 
 // put remembers the policy of sa if current() (called under the lock) says sa is still the

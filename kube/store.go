@@ -289,7 +289,7 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 	case string(sa.UID) != id.UID:
 		return Policy{}, fmt.Errorf("%w: %s/%s has uid %s, token has %q", ErrUIDMismatch, id.Namespace, id.Name, sa.UID, id.UID)
 	}
-	if p, err, ok := s.policies.get(sa); ok {
+	if p, ok, err := s.policies.get(sa); ok {
 		return p, err
 	}
 	p, err := ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.Annotations)

@@ -89,10 +89,7 @@ func orApp(name string) string {
 // identities are small namespaces and ServiceAccount names that make every collision of
 // templates built from "a", "b", "-", "x" and '_' show.
 func smallIdentities() []Identity {
-	var nss []string
-	for _, n := range []string{"a", "b", "x", "aa", "ab", "ax", "a-a", "a-b", "a-x", "b-a", "ba", "x-a", "a-a-a", "aa-a", "a-aa"} {
-		nss = append(nss, n)
-	}
+	nss := []string{"a", "b", "x", "aa", "ab", "ax", "a-a", "a-b", "a-x", "b-a", "ba", "x-a", "a-a-a", "aa-a", "a-aa"}
 	sas := []string{"a", "b", "x", "aa", "a-a", "a-b", "a.a", "a.b", "a.x", "b.a", "a-a.a", "a.a-a"}
 	var ids []Identity
 	for _, ns := range nss {
@@ -141,7 +138,7 @@ func TestTemplateCollisionsBruteForce(t *testing.T) {
 	for _, t1 := range templates {
 		for _, t2 := range templates {
 			p1, p2 := parseTemplate(TemplateRef{Template: t1}), parseTemplate(TemplateRef{Template: t2})
-			if !(p1.usesN || p1.usesT) || !(p2.usesN || p2.usesT) {
+			if (!p1.usesN && !p1.usesT) || (!p2.usesN && !p2.usesT) {
 				continue
 			}
 			err := collide(p1, p2)
@@ -208,7 +205,7 @@ func FuzzTemplateCollisions(f *testing.F) {
 			}
 		}
 		p1, p2 := parseTemplate(TemplateRef{Template: t1}), parseTemplate(TemplateRef{Template: t2})
-		if !(p1.usesN || p1.usesT) || !(p2.usesN || p2.usesT) {
+		if (!p1.usesN && !p1.usesT) || (!p2.usesN && !p2.usesT) {
 			return
 		}
 		for _, pair := range [][2]string{{t1, t1}, {t1, t2}, {t2, t2}} {

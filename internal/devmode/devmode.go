@@ -245,10 +245,10 @@ func (in *instance) close() {
 		in.cluster.Close()
 	}
 	if in.httpLn != nil {
-		in.httpLn.Close() // a no-op once the service has closed it
+		_ = in.httpLn.Close() // a no-op once the service has closed it
 	}
 	if in.jwksLn != nil {
-		in.jwksLn.Close() // a no-op once the server has closed it
+		_ = in.jwksLn.Close() // a no-op once the server has closed it
 	}
 	if in.nats.stop != nil {
 		in.nats.stop()

@@ -277,8 +277,8 @@ func TestRunStopsOnBadFiles(t *testing.T) {
 		want string
 	}{
 		{"missing signing key", func(c *settings.Serve, dir string) { c.SigningKeyFile = filepath.Join(dir, "none") }, "NATS_SIGNING_KEY_FILE"},
-		{"creds not a seed", func(c *settings.Serve, dir string) { c.CredsFile = c.SigningKeyFile }, "NATS_CREDS_FILE"},
-		{"xkey not a curve key", func(c *settings.Serve, dir string) { c.XKeyFile = c.SigningKeyFile }, "NATS_XKEY_FILE"},
+		{"creds not a seed", func(c *settings.Serve, _ string) { c.CredsFile = c.SigningKeyFile }, "NATS_CREDS_FILE"},
+		{"xkey not a curve key", func(c *settings.Serve, _ string) { c.XKeyFile = c.SigningKeyFile }, "NATS_XKEY_FILE"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPod(t)
