@@ -123,32 +123,82 @@ func TestReleaseVersion(t *testing.T) {
 		}
 	})
 
-	t.Run("tag", func(t *testing.T) {
-		if release == "" {
-			t.Skip("RELEASE_VERSION is not set (make check-release-version VERSION=vX.Y.Z)")
-		}
+	// A release-time check: with RELEASE_VERSION set, a git tag of that name, if there is one,
+	// must be on HEAD with nothing uncommitted (TestCheckReleaseTag covers the check itself).
+	if release != "" {
 		if os.Getenv("GITHUB_REF_TYPE") == "tag" && os.Getenv("GITHUB_REF_NAME") != release {
 			t.Errorf("the workflow runs for tag %s, not %s", os.Getenv("GITHUB_REF_NAME"), release)
 		}
-		git := func(args ...string) (string, error) {
-			out, err := exec.Command("git", args...).Output()
-			return strings.TrimSpace(string(out)), err
-		}
-		head, err := git("rev-parse", "HEAD")
+		tagged, err := checkReleaseTag(".", release)
 		if err != nil {
-			t.Skip("not a git checkout")
-		}
-		tagged, err := git("rev-parse", "-q", "--verify", "refs/tags/"+release+"^{commit}")
-		switch {
-		case err != nil:
+			t.Error(err)
+		} else if !tagged {
 			t.Logf("no tag %s yet", release)
-		case tagged != head:
-			t.Errorf("tag %s is on %s, HEAD is %s", release, tagged, head)
-		default:
-			// Releasing this tag: what is built must be what is tagged.
-			if _, err := git("diff", "--quiet", "HEAD", "--"); err != nil {
-				t.Errorf("HEAD is tagged %s but tracked files have uncommitted changes", release)
-			}
 		}
-	})
+	}
+}
+
+// checkReleaseTag checks the git checkout in dir for releasing release: a tag of that name, if
+// there is one (tagged), is on HEAD, and then no tracked file has uncommitted changes.
+func checkReleaseTag(dir, release string) (tagged bool, err error) {
+	git := func(args ...string) (string, error) {
+		out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	head, err := git("rev-parse", "HEAD")
+	if err != nil {
+		return false, fmt.Errorf("releasing %s needs a git checkout: %w", release, err)
+	}
+	onTag, err := git("rev-parse", "-q", "--verify", "refs/tags/"+release+"^{commit}")
+	switch {
+	case err != nil:
+		return false, nil
+	case onTag != head:
+		return true, fmt.Errorf("tag %s is on %s, HEAD is %s", release, onTag, head)
+	}
+	// Releasing this tag: what is built must be what is tagged.
+	if _, err := git("diff", "--quiet", "HEAD", "--"); err != nil {
+		return true, fmt.Errorf("HEAD is tagged %s but tracked files have uncommitted changes", release)
+	}
+	return true, nil
+}
+
+// TestCheckReleaseTag runs the release-time tag check against a git repository of its own.
+func TestCheckReleaseTag(t *testing.T) {
+	dir := t.TempDir()
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", dir, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "f"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := checkReleaseTag(dir, "v1.2.3"); err == nil {
+		t.Error("a directory that is not a git checkout passed")
+	}
+	git("init", "-q")
+	write("one")
+	git("add", "f")
+	git("commit", "-q", "-m", "one")
+	if tagged, err := checkReleaseTag(dir, "v1.2.3"); tagged || err != nil {
+		t.Errorf("no tag yet: tagged %v, %v", tagged, err)
+	}
+	git("tag", "v1.2.3")
+	if tagged, err := checkReleaseTag(dir, "v1.2.3"); !tagged || err != nil {
+		t.Errorf("tag on HEAD: tagged %v, %v", tagged, err)
+	}
+	write("two")
+	if _, err := checkReleaseTag(dir, "v1.2.3"); err == nil || !strings.Contains(err.Error(), "uncommitted") {
+		t.Errorf("uncommitted change on the tagged HEAD: %v", err)
+	}
+	git("commit", "-q", "-am", "two")
+	if _, err := checkReleaseTag(dir, "v1.2.3"); err == nil || !strings.Contains(err.Error(), "is on") {
+		t.Errorf("tag behind HEAD: %v", err)
+	}
 }
