@@ -167,7 +167,7 @@ func (h *Handler) decideSafely(ctx context.Context, data []byte, hdr nats.Header
 			// What d learned before the panic (user nkey, server, identity) stays for the log.
 			reply = nil
 			d.Result, d.Reason = ResultDropped, ReasonInternal
-			d.Err = &panicError{value: clip(fmt.Sprint(v), maxLogText), stack: debug.Stack()}
+			d.Err = &panicError{value: kube.Clip(fmt.Sprint(v), maxLogText), stack: debug.Stack()}
 		}
 	}()
 	return h.decide(ctx, data, hdr, d)
@@ -322,7 +322,7 @@ func (h *Handler) record(d Decision) {
 		attrs = append(attrs, slog.Any("warnings", clipWarnings(d.Warnings)))
 	}
 	if d.Err != nil {
-		attrs = append(attrs, slog.String("error", clip(d.Err.Error(), maxLogText)))
+		attrs = append(attrs, slog.String("error", kube.Clip(d.Err.Error(), maxLogText)))
 	}
 	level := slog.LevelInfo
 	if d.Result == ResultDropped {

@@ -2,7 +2,8 @@ package callout
 
 import (
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // Bounds on what a request, or whatever sent it, can put into one log line. A request is
@@ -20,21 +21,8 @@ const (
 	maxLogWarning  = 256
 )
 
-// clip returns s cut to at most n bytes on a character boundary, followed by a marker giving
-// the full length; s itself when it is short enough.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…[truncated, " + strconv.Itoa(len(s)) + " bytes]"
-}
-
 // clipValue is clip for one value taken from a request.
-func clipValue(s string) string { return clip(s, maxLogValue) }
+func clipValue(s string) string { return kube.Clip(s, maxLogValue) }
 
 // clipWarnings bounds a decision's warnings for the log.
 func clipWarnings(ws []string) []string {
@@ -44,7 +32,7 @@ func clipWarnings(ws []string) []string {
 			out = append(out, "… and "+strconv.Itoa(len(ws)-i)+" more")
 			break
 		}
-		out = append(out, clip(w, maxLogWarning))
+		out = append(out, kube.Clip(w, maxLogWarning))
 	}
 	return out
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 func TestClip(t *testing.T) {
@@ -20,8 +22,8 @@ func TestClip(t *testing.T) {
 		// "é" is 2 bytes: the cut moves back to the character's start.
 		{"aéé", 2, "a…[truncated, 5 bytes]"},
 	} {
-		if got := clip(c.in, c.n); got != c.want || !utf8.ValidString(got) {
-			t.Errorf("clip(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		if got := kube.Clip(c.in, c.n); got != c.want || !utf8.ValidString(got) {
+			t.Errorf("kube.Clip(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
 		}
 	}
 	ws := clipWarnings(make([]string, 25))

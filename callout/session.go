@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // session is one NATS connection with its callout subscription.
@@ -326,5 +328,5 @@ func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return clip(err.Error(), maxLogText)
+	return kube.Clip(err.Error(), maxLogText)
 }

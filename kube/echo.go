@@ -16,18 +16,26 @@ const maxEcho = 64
 // maxEchoList bounds how many values of a list are quoted in a message.
 const maxEchoList = 4
 
-// clip returns s cut to at most n bytes on a character boundary, followed by a marker giving
-// the full length; s itself when it is short enough.
-func clip(s string, n int) string {
+// Clip returns s cut to at most n bytes on a character boundary, followed by a marker giving
+// the full length; s itself when it is short enough. Whatever echoes input into a log line or
+// an error (this package, and callout for requests) clips it with this.
+func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…[truncated, " + strconv.Itoa(len(s)) + " bytes]"
+	return s[:runeCut(s, n)] + truncated(len(s))
 }
+
+// runeCut is the largest cut of s at or below n bytes that ends on a character boundary.
+func runeCut(s string, n int) int {
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return n
+}
+
+// truncated marks a value shortened from size bytes.
+func truncated(size int) string { return "…[truncated, " + strconv.Itoa(size) + " bytes]" }
 
 // quote quotes s for a message (escaping what does not print), shortened to maxEcho bytes
 // when longer.
@@ -35,11 +43,7 @@ func quote(s string) string {
 	if len(s) <= maxEcho {
 		return strconv.Quote(s)
 	}
-	cut := maxEcho
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strconv.Quote(s[:cut]) + "…[truncated, " + strconv.Itoa(len(s)) + " bytes]"
+	return strconv.Quote(s[:runeCut(s, maxEcho)]) + truncated(len(s))
 }
 
 // quoteList quotes the first maxEchoList values of l, each with quote, as %q prints a list.

@@ -311,7 +311,7 @@ func (v *Verifier) verify(ctx context.Context, token string) (Identity, string, 
 // inspected to pick the most fundamental one: not ours at all before merely stale. What the
 // token says is quoted shortened (see quote): the token is the client's to make up.
 func (v *Verifier) classify(err error, c *ServiceAccountClaims) error {
-	detail := clip(err.Error(), maxErrorDetail)
+	detail := Clip(err.Error(), maxErrorDetail)
 	switch {
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return fmt.Errorf("%w: %s", ErrMalformedToken, detail)
@@ -361,11 +361,11 @@ func identityFrom(c *ServiceAccountClaims) (Identity, error) {
 	id := Identity{
 		Namespace: ns,
 		Name:      name,
-		UID:       clip(k.ServiceAccount.UID, maxObjectName),
+		UID:       Clip(k.ServiceAccount.UID, maxObjectName),
 		Expiry:    c.ExpiresAt.Time,
 	}
 	if k.Pod != nil {
-		id.PodName, id.PodUID = clip(k.Pod.Name, maxObjectName), clip(k.Pod.UID, maxObjectName)
+		id.PodName, id.PodUID = Clip(k.Pod.Name, maxObjectName), Clip(k.Pod.UID, maxObjectName)
 	}
 	return id, nil
 }
