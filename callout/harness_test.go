@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -110,33 +108,6 @@ authorization {
 `, port, strings.Join(users, ", "), adminUser, adminPass, pub(t, k.issuer), strings.Join(authUsers, ", "), xkey)
 }
 
-// startServer runs an embedded nats-server from a config file, as a user would write it.
-func startServer(t *testing.T, conf string) (*server.Server, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "nats.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := server.ProcessConfigFile(path)
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, conf)
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	if opts.Port == 0 {
-		opts.Port = -1
-	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s, path
-}
-
 // env is one running deployment: nats-server, the callout service, a token issuer with its
 // JWKS, and a Kubernetes API (a MemoryCluster feeding real informers).
 type env struct {
@@ -169,7 +140,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		return e
 	}
 	e := &env{t: t, keys: newKeys(t, o.encrypted), kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
-	e.server, _ = startServer(t, serverConfig(t, -1, e.keys))
+	e.server, _ = testsupport.StartNATS(t, serverConfig(t, -1, e.keys))
 	e.url = e.server.ClientURL()
 
 	var err error

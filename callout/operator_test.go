@@ -216,7 +216,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 	w := newOperatorWorld(t, o.encrypted)
 	w.strict = v.strict
 	e := &env{t: t, keys: keys{service: w.service, issuer: w.auth, xkey: w.xkey}, kube: newMemoryCluster(t), reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
-	e.server, _ = startServer(t, w.serverConfig(!v.noDefaultSentinel))
+	e.server, _ = testsupport.StartNATS(t, w.serverConfig(!v.noDefaultSentinel))
 	e.url = e.server.ClientURL()
 	e.adminAuth = nats.UserCredentials(w.creds("admin", newKP(t, nkeys.CreateUser), w.app, w.appSK, nil))
 

@@ -196,7 +196,7 @@ func TestGenerateInstall(t *testing.T) {
 	}
 
 	// Install: the generated config and Secret work together.
-	oldServer, _ := startServer(t, string(first.ServerConfig.Data))
+	oldServer, _ := testsupport.StartNATS(t, string(first.ServerConfig.Data))
 	runInstalledSidecar(t, oldServer.ClientURL(), first.Secret.Data)
 	if acc := loginAccountOf(t, oldServer, "team-a/app"); acc != "APP" {
 		t.Errorf("workload landed in %s, want APP", acc)
@@ -241,7 +241,7 @@ func TestGenerateInstall(t *testing.T) {
 
 	// During the rollout, sidecars with the rotated Secret answer servers with the old config
 	// and servers with the new config alike.
-	newServer, _ := startServer(t, string(rotated.ServerConfig.Data))
+	newServer, _ := testsupport.StartNATS(t, string(rotated.ServerConfig.Data))
 	runInstalledSidecar(t, oldServer.ClientURL(), rotated.Secret.Data)
 	runInstalledSidecar(t, newServer.ClientURL(), rotated.Secret.Data)
 	if acc := loginAccountOf(t, newServer, "team-b/app"); acc != "APP" {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 )
 
 // newPublicKey creates a key pair with create and returns its public key.
@@ -252,7 +254,7 @@ func TestServerConfigRunsCallout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := startServer(t, string(text))
+	s, _ := testsupport.StartNATS(t, string(text))
 	if got := s.SystemAccount().Name; got != "SYS" {
 		t.Errorf("system account = %s, want SYS", got)
 	}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -88,24 +87,9 @@ accounts { AUTH: { users: [ { nkey: %q }, { nkey: %q } ] }, APP: {}, SYS: {} }
 system_account: SYS
 authorization { auth_callout { issuer: %q, auth_users: [ %q, %q ], account: AUTH, xkey: %q } }
 `, userPubs[0], userPubs[1], accountPub, userPubs[0], userPubs[1], xkeyPub)
-	confPath := filepath.Join(p.dir, "nats.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := server.ProcessConfigFile(confPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	if p.server, err = server.NewServer(opts); err != nil {
-		t.Fatal(err)
-	}
-	p.server.Start()
-	t.Cleanup(p.server.Shutdown)
-	if !p.server.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
+	p.server, _ = testsupport.StartNATS(t, conf)
 
+	var err error
 	if p.issuer, err = kubefake.NewECDSATokenIssuer(issuerURL); err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,13 @@ package testsupport
 import (
 	"bytes"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // LogBuffer collects output written from several goroutines (a slog handler, a command's
@@ -56,4 +60,33 @@ func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 		}
 		<-tick.C
 	}
+}
+
+// StartNATS runs an embedded nats-server from conf, written to a file as a user would write
+// it (a random client port unless conf sets one), and stops it when the test ends. It returns
+// the server and the config file's path.
+func StartNATS(t testing.TB, conf string) (*server.Server, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, conf)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	if opts.Port == 0 {
+		opts.Port = -1
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s, path
 }
