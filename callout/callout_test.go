@@ -379,25 +379,7 @@ func TestHostileTokens(t *testing.T) {
 // requests reads nats_callout_requests_total{result,reason} from the service's registry.
 func requests(t *testing.T, e *env, result, reason string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "nats_callout_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["result"] == result && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return testsupport.Metric(t, e.reg, "nats_callout_requests_total", "result", result, "reason", reason)
 }
 
 func lastLines(s string, n int) string {

@@ -211,25 +211,7 @@ func (r *rig) response(reply []byte) (*natsjwt.AuthorizationResponseClaims, erro
 // count reads nats_callout_requests_total{result,reason}.
 func (r *rig) count(result, reason string) float64 {
 	r.t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "nats_callout_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["result"] == result && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return testsupport.Metric(r.t, r.reg, "nats_callout_requests_total", "result", result, "reason", reason)
 }
 
 func TestRigAnswersWellFormedRequests(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestLogBuffer(t *testing.T) {
@@ -53,5 +55,27 @@ func TestWaitFor(t *testing.T) {
 	WaitFor(r, "never", 20*time.Millisecond, func() bool { return false })
 	if want := "timed out after 20ms waiting for never"; r.failed != want {
 		t.Errorf("WaitFor failure = %q, want %q", r.failed, want)
+	}
+}
+
+func TestMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total", Help: "h"}, []string{"result", "reason"})
+	reg.MustRegister(c)
+	c.WithLabelValues("allowed", "ok").Add(2)
+	c.WithLabelValues("denied", "expired").Add(3)
+	c.WithLabelValues("denied", "bad_signature").Add(4)
+	for _, tt := range []struct {
+		labels []string
+		want   float64
+	}{
+		{nil, 9},
+		{[]string{"result", "denied"}, 7},
+		{[]string{"result", "denied", "reason", "expired"}, 3},
+		{[]string{"result", "dropped"}, 0},
+	} {
+		if got := Metric(t, reg, "c_total", tt.labels...); got != tt.want {
+			t.Errorf("Metric(%q) = %g, want %g", tt.labels, got, tt.want)
+		}
 	}
 }
