@@ -428,32 +428,7 @@ func (sc *sidecar) undecided() map[string]float64 {
 // metric reads a counter or gauge from the sidecar's registry; labels are name, value pairs.
 func (sc *sidecar) metric(name string, labels ...string) float64 {
 	sc.t.Helper()
-	mfs, err := sc.reg.Gather()
-	if err != nil {
-		sc.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue next
-				}
-			}
-			if m.GetGauge() != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
+	return testsupport.Metric(sc.t, sc.reg, name, labels...)
 }
 
 // secretVolume lays out and updates a directory the way the kubelet's atomic writer does for
