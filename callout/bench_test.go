@@ -42,7 +42,7 @@ func BenchmarkHandle(b *testing.B) {
 			var xk *callout.XKey
 			if c.encrypted {
 				var err error
-				if xk, err = callout.ParseXKey(seed(b, k.xkey)); err != nil {
+				if xk, err = callout.ParseXKey(testsupport.Seed(b, k.xkey)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -87,10 +87,10 @@ func serverRequest(b *testing.B, k keys, token string) ([]byte, nats.Header) {
 		b.Fatal(err)
 	}
 	userKP := newUser(b)
-	rc := natsjwt.NewAuthorizationRequestClaims(pub(b, k.issuer))
+	rc := natsjwt.NewAuthorizationRequestClaims(testsupport.PublicKey(b, k.issuer))
 	rc.Audience = "nats-authorization-request"
-	rc.UserNkey = pub(b, userKP)
-	rc.Server = natsjwt.ServerID{Name: "nats-0", ID: pub(b, serverKP)}
+	rc.UserNkey = testsupport.PublicKey(b, userKP)
+	rc.Server = natsjwt.ServerID{Name: "nats-0", ID: testsupport.PublicKey(b, serverKP)}
 	rc.ConnectOptions.Token = token
 	rc.ClientInformation.Host = "10.0.0.7"
 	rc.Expires = time.Now().Add(time.Hour).Unix()
@@ -99,7 +99,7 @@ func serverRequest(b *testing.B, k keys, token string) ([]byte, nats.Header) {
 		if serverX, err = nkeys.CreateCurveKeys(); err != nil {
 			b.Fatal(err)
 		}
-		rc.Server.XKey = pub(b, serverX)
+		rc.Server.XKey = testsupport.PublicKey(b, serverX)
 	}
 	tok, err := rc.Encode(serverKP)
 	if err != nil {
@@ -108,11 +108,11 @@ func serverRequest(b *testing.B, k keys, token string) ([]byte, nats.Header) {
 	if k.xkey == nil {
 		return []byte(tok), nats.Header{}
 	}
-	sealed, err := serverX.Seal([]byte(tok), pub(b, k.xkey))
+	sealed, err := serverX.Seal([]byte(tok), testsupport.PublicKey(b, k.xkey))
 	if err != nil {
 		b.Fatal(err)
 	}
-	return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(b, serverX)}}
+	return sealed, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(b, serverX)}}
 }
 
 // annotationBytes is Kubernetes' limit on the annotations of one object, keys and values

@@ -413,14 +413,14 @@ func TestForgedRequestGetsNoReply(t *testing.T) {
 			// build makes a request as nats-server would, then lets a case spoil it.
 			build := func(signer nkeys.KeyPair, mut func(*natsjwt.AuthorizationRequestClaims)) ([]byte, nats.Header) {
 				userKP, _ := nkeys.CreateUser()
-				rc := natsjwt.NewAuthorizationRequestClaims(pub(t, e.keys.issuer))
+				rc := natsjwt.NewAuthorizationRequestClaims(testsupport.PublicKey(t, e.keys.issuer))
 				rc.Audience = "nats-authorization-request"
-				rc.UserNkey = pub(t, userKP)
-				rc.Server = natsjwt.ServerID{Name: "n1", ID: pub(t, serverKP)}
+				rc.UserNkey = testsupport.PublicKey(t, userKP)
+				rc.Server = natsjwt.ServerID{Name: "n1", ID: testsupport.PublicKey(t, serverKP)}
 				rc.ConnectOptions.Token = token
 				rc.Expires = time.Now().Add(2 * time.Second).Unix()
 				if encrypted {
-					rc.Server.XKey = pub(t, serverX)
+					rc.Server.XKey = testsupport.PublicKey(t, serverX)
 				}
 				if mut != nil {
 					mut(rc)
@@ -432,11 +432,11 @@ func TestForgedRequestGetsNoReply(t *testing.T) {
 				if !encrypted {
 					return []byte(tok), nats.Header{}
 				}
-				sealed, err := serverX.Seal([]byte(tok), pub(t, e.keys.xkey))
+				sealed, err := serverX.Seal([]byte(tok), testsupport.PublicKey(t, e.keys.xkey))
 				if err != nil {
 					t.Fatal(err)
 				}
-				return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(t, serverX)}}
+				return sealed, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(t, serverX)}}
 			}
 			type req struct {
 				data []byte
@@ -448,14 +448,14 @@ func TestForgedRequestGetsNoReply(t *testing.T) {
 				"not a JWT":                    {[]byte("hello"), nats.Header{}},
 				"expired":                      mk(build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Expires = time.Now().Add(-time.Minute).Unix() })),
 				"wrong audience":               mk(build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Audience = "x" })),
-				"unknown issuer":               mk(build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Subject = pub(t, otherAccount) })),
+				"unknown issuer":               mk(build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Subject = testsupport.PublicKey(t, otherAccount) })),
 			}
 			if encrypted {
 				good, _ := build(serverKP, nil)
 				other, _ := nkeys.CreateCurveKeys()
-				cases["xkey header differs from the signed one"] = req{good, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}}
-				plain, _ := build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Server.XKey = pub(t, other) })
-				cases["sealed by another key"] = req{plain, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}}
+				cases["xkey header differs from the signed one"] = req{good, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(t, other)}}}
+				plain, _ := build(serverKP, func(rc *natsjwt.AuthorizationRequestClaims) { rc.Server.XKey = testsupport.PublicKey(t, other) })
+				cases["sealed by another key"] = req{plain, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(t, other)}}}
 			}
 			for name, r := range cases {
 				t.Run(name, func(t *testing.T) {
@@ -472,7 +472,7 @@ func TestForgedRequestGetsNoReply(t *testing.T) {
 				t.Fatalf("well-formed request: %s (%s: %v), want allowed", d.Result, d.Reason, d.Err)
 			}
 			if encrypted {
-				if reply, err := serverX.Open(reply, pub(t, e.keys.xkey)); err != nil {
+				if reply, err := serverX.Open(reply, testsupport.PublicKey(t, e.keys.xkey)); err != nil {
 					t.Fatalf("response not sealed to the server's xkey: %v", err)
 				} else {
 					data = reply
@@ -481,11 +481,11 @@ func TestForgedRequestGetsNoReply(t *testing.T) {
 				data = reply
 			}
 			rc, err := natsjwt.DecodeAuthorizationResponseClaims(string(data))
-			if err != nil || rc.Jwt == "" || rc.Audience != pub(t, serverKP) {
-				t.Fatalf("response %+v %v: want a user JWT for server %s", rc, err, pub(t, serverKP))
+			if err != nil || rc.Jwt == "" || rc.Audience != testsupport.PublicKey(t, serverKP) {
+				t.Fatalf("response %+v %v: want a user JWT for server %s", rc, err, testsupport.PublicKey(t, serverKP))
 			}
-			if want, bad := e.handler.UnknownIssuer(time.Minute); !bad || want != pub(t, otherAccount) {
-				t.Errorf("unknown issuer reported as %q, want %s", want, pub(t, otherAccount))
+			if want, bad := e.handler.UnknownIssuer(time.Minute); !bad || want != testsupport.PublicKey(t, otherAccount) {
+				t.Errorf("unknown issuer reported as %q, want %s", want, testsupport.PublicKey(t, otherAccount))
 			}
 		})
 	}

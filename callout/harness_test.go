@@ -56,34 +56,16 @@ func newKeys(t testing.TB, encrypted bool) keys {
 	return k
 }
 
-func pub(t testing.TB, kp nkeys.KeyPair) string {
-	t.Helper()
-	p, err := kp.PublicKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func seed(t testing.TB, kp nkeys.KeyPair) []byte {
-	t.Helper()
-	s, err := kp.Seed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // serverConfig is the nats-server configuration a user writes for server-config mode, plus an
 // APP admin that bypasses the callout (as a NACK-style static user would).
 func serverConfig(t *testing.T, port int, k keys, extraAuthUsers ...string) string {
 	t.Helper()
 	xkey := ""
 	if k.xkey != nil {
-		xkey = fmt.Sprintf("xkey: %q", pub(t, k.xkey))
+		xkey = fmt.Sprintf("xkey: %q", testsupport.PublicKey(t, k.xkey))
 	}
-	users := []string{fmt.Sprintf("{ nkey: %q }", pub(t, k.service))}
-	authUsers := []string{fmt.Sprintf("%q", pub(t, k.service)), fmt.Sprintf("%q", adminUser)}
+	users := []string{fmt.Sprintf("{ nkey: %q }", testsupport.PublicKey(t, k.service))}
+	authUsers := []string{fmt.Sprintf("%q", testsupport.PublicKey(t, k.service)), fmt.Sprintf("%q", adminUser)}
 	for _, u := range extraAuthUsers {
 		users = append(users, fmt.Sprintf("{ nkey: %q }", u))
 		authUsers = append(authUsers, fmt.Sprintf("%q", u))
@@ -105,7 +87,7 @@ authorization {
     %s
   }
 }
-`, port, strings.Join(users, ", "), adminUser, adminPass, pub(t, k.issuer), strings.Join(authUsers, ", "), xkey)
+`, port, strings.Join(users, ", "), adminUser, adminPass, testsupport.PublicKey(t, k.issuer), strings.Join(authUsers, ", "), xkey)
 }
 
 // env is one running deployment: nats-server, the callout service, a token issuer with its
@@ -163,17 +145,17 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.store = store
-	ring, err := callout.ParseSigningKeys(seed(t, e.keys.issuer))
+	ring, err := callout.ParseSigningKeys(testsupport.Seed(t, e.keys.issuer))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var xk *callout.XKey
 	if o.encrypted {
-		if xk, err = callout.ParseXKey(seed(t, e.keys.xkey)); err != nil {
+		if xk, err = callout.ParseXKey(testsupport.Seed(t, e.keys.xkey)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	creds, err := callout.ParseCredentials(seed(t, e.keys.service))
+	creds, err := callout.ParseCredentials(testsupport.Seed(t, e.keys.service))
 	if err != nil {
 		t.Fatal(err)
 	}

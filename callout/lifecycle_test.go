@@ -19,7 +19,7 @@ import (
 
 func fixedCreds(t testing.TB, kp nkeys.KeyPair) func() *callout.Credentials {
 	t.Helper()
-	c, err := callout.ParseCredentials(seed(t, kp))
+	c, err := callout.ParseCredentials(testsupport.Seed(t, kp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func fixedRing(t testing.TB, kps ...nkeys.KeyPair) func() *callout.KeyRing {
 	t.Helper()
 	var seeds []string
 	for _, kp := range kps {
-		seeds = append(seeds, string(seed(t, kp)))
+		seeds = append(seeds, string(testsupport.Seed(t, kp)))
 	}
 	r, err := callout.ParseSigningKeys([]byte(strings.Join(seeds, "\n")))
 	if err != nil {
@@ -144,9 +144,9 @@ func TestCredentialRotationUnderLoad(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
 	oldKey, newKey := k.service, newUser(t)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, oldKey)},
-		authUsers: []string{pub(t, oldKey), pub(t, newKey)}})
-	vol := newSecretVolume(t, "nats.nk", string(seed(t, oldKey)))
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, oldKey)},
+		authUsers: []string{testsupport.PublicKey(t, oldKey), testsupport.PublicKey(t, newKey)}})
+	vol := newSecretVolume(t, "nats.nk", string(testsupport.Seed(t, oldKey)))
 
 	before := goroutines()
 	var sc *sidecar
@@ -160,20 +160,20 @@ func TestCredentialRotationUnderLoad(t *testing.T) {
 	ready := watchReadiness(sc)
 
 	// 1. The server accepts both keys.
-	l.reload(srv, func(c *natsConf) { c.serviceKeys = append(c.serviceKeys, pub(t, newKey)) })
+	l.reload(srv, func(c *natsConf) { c.serviceKeys = append(c.serviceKeys, testsupport.PublicKey(t, newKey)) })
 	l.progress(10)
 
 	// 2. The Secret rotates: the kubelet swaps ..data.
-	swapped := vol.update(string(seed(t, newKey)))
-	testsupport.WaitFor(t, "service on the new nkey", 10*time.Second, func() bool { return sc.svc.ActiveUser() == pub(t, newKey) })
+	swapped := vol.update(string(testsupport.Seed(t, newKey)))
+	testsupport.WaitFor(t, "service on the new nkey", 10*time.Second, func() bool { return sc.svc.ActiveUser() == testsupport.PublicKey(t, newKey) })
 	switchover := time.Since(swapped)
 	testsupport.WaitFor(t, "server sees only the new nkey", 10*time.Second, func() bool {
-		return slices.Equal(srv.serviceUsers(), []string{pub(t, newKey)})
+		return slices.Equal(srv.serviceUsers(), []string{testsupport.PublicKey(t, newKey)})
 	})
 	l.progress(10)
 
 	// 3. The old key is removed from the server.
-	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{pub(t, newKey)} })
+	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{testsupport.PublicKey(t, newKey)} })
 	l.progress(10)
 
 	l.check("clients during rotation", srv)
@@ -181,8 +181,8 @@ func TestCredentialRotationUnderLoad(t *testing.T) {
 	if downs := ready.stop(); len(downs) > 0 {
 		t.Errorf("service reported not ready during the rotation:\n%s", strings.Join(downs, "\n"))
 	}
-	if got := srv.serviceUsers(); !slices.Equal(got, []string{pub(t, newKey)}) {
-		t.Errorf("server sees service users %v, want only the new nkey %s", got, pub(t, newKey))
+	if got := srv.serviceUsers(); !slices.Equal(got, []string{testsupport.PublicKey(t, newKey)}) {
+		t.Errorf("server sees service users %v, want only the new nkey %s", got, testsupport.PublicKey(t, newKey))
 	}
 	if got := sc.metric("nats_callout_nats_reconnects_total"); got != 0 {
 		t.Errorf("nats_callout_nats_reconnects_total = %v after a rotation, want 0 (a rotation is not a reconnect)", got)
@@ -219,9 +219,9 @@ func TestRotationWaitsForServerToAcceptNewKey(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
 	v1, v2, v3 := k.service, newUser(t), newUser(t)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, v1)},
-		authUsers: []string{pub(t, v1), pub(t, v2), pub(t, v3)}})
-	vol := newSecretVolume(t, "nats.nk", string(seed(t, v1)))
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, v1)},
+		authUsers: []string{testsupport.PublicKey(t, v1), testsupport.PublicKey(t, v2), testsupport.PublicKey(t, v3)}})
+	vol := newSecretVolume(t, "nats.nk", string(testsupport.Seed(t, v1)))
 
 	before := goroutines()
 	var sc *sidecar
@@ -234,31 +234,33 @@ func TestRotationWaitsForServerToAcceptNewKey(t *testing.T) {
 	ready := watchReadiness(sc)
 
 	// The Secret gets v2 before the server knows it.
-	vol.update(string(seed(t, v2)))
-	stuck := `"msg":"new NATS connection not up yet; the old one keeps serving","user":"` + pub(t, v2)
+	vol.update(string(testsupport.Seed(t, v2)))
+	stuck := `"msg":"new NATS connection not up yet; the old one keeps serving","user":"` + testsupport.PublicKey(t, v2)
 	testsupport.WaitFor(t, "the waiting v2 connection reported", 10*time.Second, func() bool { return strings.Contains(w.logs.String(), stuck) })
 	l.progress(30)
 	if n := strings.Count(w.logs.String(), stuck); n != 1 {
 		t.Errorf("waiting connection reported %d times, want once a minute", n)
 	}
-	if got := sc.svc.ActiveUser(); got != pub(t, v1) {
-		t.Errorf("active user %s while the server refuses v2, want v1 %s", got, pub(t, v1))
+	if got := sc.svc.ActiveUser(); got != testsupport.PublicKey(t, v1) {
+		t.Errorf("active user %s while the server refuses v2, want v1 %s", got, testsupport.PublicKey(t, v1))
 	}
 
 	// v3 replaces v2 before v2 was ever accepted.
-	vol.update(string(seed(t, v3)))
+	vol.update(string(testsupport.Seed(t, v3)))
 	testsupport.WaitFor(t, "service replacing the pending v2 connection", 10*time.Second, func() bool {
-		return strings.Contains(w.logs.String(), `"abandoned_user":"`+pub(t, v2))
+		return strings.Contains(w.logs.String(), `"abandoned_user":"`+testsupport.PublicKey(t, v2))
 	})
 	l.progress(10)
 
 	// The server accepts v3; the service moves.
-	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{pub(t, v1), pub(t, v3)} })
-	testsupport.WaitFor(t, "server sees only v3", 10*time.Second, func() bool { return slices.Equal(srv.serviceUsers(), []string{pub(t, v3)}) })
-	if got := sc.svc.ActiveUser(); got != pub(t, v3) {
-		t.Errorf("active user %s, want v3 %s", got, pub(t, v3))
+	l.reload(srv, func(c *natsConf) {
+		c.serviceKeys = []string{testsupport.PublicKey(t, v1), testsupport.PublicKey(t, v3)}
+	})
+	testsupport.WaitFor(t, "server sees only v3", 10*time.Second, func() bool { return slices.Equal(srv.serviceUsers(), []string{testsupport.PublicKey(t, v3)}) })
+	if got := sc.svc.ActiveUser(); got != testsupport.PublicKey(t, v3) {
+		t.Errorf("active user %s, want v3 %s", got, testsupport.PublicKey(t, v3))
 	}
-	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{pub(t, v3)} })
+	l.reload(srv, func(c *natsConf) { c.serviceKeys = []string{testsupport.PublicKey(t, v3)} })
 	l.progress(10)
 	l.check("clients during a delayed rotation", srv)
 	checkAllowedAll(t, w, sc)
@@ -282,7 +284,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	w := newWorld(t)
 	svcKey := newUser(t)
 	oldIss, newIss := newAccount(t), newAccount(t)
-	vol := newSecretVolume(t, "issuers.nk", string(seed(t, oldIss)))
+	vol := newSecretVolume(t, "issuers.nk", string(testsupport.Seed(t, oldIss)))
 	// One watcher per pod, all over the same Secret content.
 	signingKeys := func() func() *callout.KeyRing {
 		watcher, err := reload.NewWatcher(w.log, nil, reload.WithDebounce(10*time.Millisecond))
@@ -297,11 +299,11 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 		return f.Current
 	}
 	holds := func(keys func() *callout.KeyRing, kp nkeys.KeyPair) bool {
-		_, ok := keys().Key(pub(t, kp))
+		_, ok := keys().Key(testsupport.PublicKey(t, kp))
 		return ok
 	}
 
-	s1 := startNATS(t, natsConf{issuer: pub(t, oldIss), serviceKeys: []string{pub(t, svcKey)}})
+	s1 := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, oldIss), serviceKeys: []string{testsupport.PublicKey(t, svcKey)}})
 	keys1 := signingKeys()
 	p1 := w.startSidecar(sidecarConfig{url: s1.url(), creds: fixedCreds(t, svcKey), keys: keys1})
 	p1.waitReady()
@@ -310,12 +312,12 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	l1.progress(10)
 
 	// 1. The Secret gains the new issuer's seed.
-	vol.update(string(seed(t, oldIss)) + "\n" + string(seed(t, newIss)) + "\n")
+	vol.update(string(testsupport.Seed(t, oldIss)) + "\n" + string(testsupport.Seed(t, newIss)) + "\n")
 	testsupport.WaitFor(t, "pod 1 holding both issuers", 10*time.Second, func() bool { return holds(keys1, oldIss) && holds(keys1, newIss) })
 	l1.progress(10)
 
 	// 2. A pod rolled to the new issuer comes up with its sidecar.
-	s2 := startNATS(t, natsConf{issuer: pub(t, newIss), serviceKeys: []string{pub(t, svcKey)}})
+	s2 := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, newIss), serviceKeys: []string{testsupport.PublicKey(t, svcKey)}})
 	keys2 := signingKeys()
 	p2 := w.startSidecar(sidecarConfig{url: s2.url(), creds: fixedCreds(t, svcKey), keys: keys2})
 	p2.waitReady()
@@ -325,7 +327,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	l1.check("clients of the server on the old issuer")
 
 	// 3. The old seed is removed while server 1 still expects it.
-	vol.update(string(seed(t, newIss)))
+	vol.update(string(testsupport.Seed(t, newIss)))
 	testsupport.WaitFor(t, "both pods holding only the new issuer", 10*time.Second, func() bool {
 		return !holds(keys1, oldIss) && !holds(keys2, oldIss) && holds(keys1, newIss) && holds(keys2, newIss)
 	})
@@ -350,8 +352,8 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	l2.progress(10)
 	l2.check("clients of the server on the new issuer")
 
-	if want, bad := p1.handler.UnknownIssuer(time.Minute); !bad || want != pub(t, oldIss) {
-		t.Errorf("UnknownIssuer = %q, %v; want %s, true", want, bad, pub(t, oldIss))
+	if want, bad := p1.handler.UnknownIssuer(time.Minute); !bad || want != testsupport.PublicKey(t, oldIss) {
+		t.Errorf("UnknownIssuer = %q, %v; want %s, true", want, bad, testsupport.PublicKey(t, oldIss))
 	}
 	if _, bad := p2.handler.UnknownIssuer(time.Minute); bad {
 		t.Error("pod 2 reports an unknown issuer, want none")
@@ -363,7 +365,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	if n := strings.Count(logs, "expects responses signed by an issuer account key the service does not hold"); n != 1 {
 		t.Errorf("unknown-issuer error logged %d times for %d requests, want once (rate limited)", n, failing)
 	}
-	if !strings.Contains(logs, `"expected_issuer":"`+pub(t, oldIss)+`","held_issuers":["`+pub(t, newIss)+`"]`) {
+	if !strings.Contains(logs, `"expected_issuer":"`+testsupport.PublicKey(t, oldIss)+`","held_issuers":["`+testsupport.PublicKey(t, newIss)+`"]`) {
 		t.Errorf("unknown-issuer log does not name both keys; log:\n%s", grepLines(logs, "does not hold"))
 	}
 }
@@ -373,7 +375,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 func TestNATSRestart(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}})
 	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer)})
 	sc.waitReady()
 	token := w.token("shop", "api")
@@ -416,7 +418,7 @@ func TestServiceStartsBeforeServer(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
 	port := freePort(t)
-	conf := natsConf{port: port, issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}}
+	conf := natsConf{port: port, issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}}
 	sc := w.startSidecar(sidecarConfig{url: conf.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer)})
 
 	testsupport.WaitFor(t, "a failed connection attempt logged", 10*time.Second, func() bool {
@@ -447,7 +449,7 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
 	// Generous timeouts: queued requests must not expire while the test sets the scene.
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 10})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}, authTimeout: 10})
 	token := w.token("shop", "api")
 	gate := newGatedVerifier(w.verifier)
 
@@ -496,7 +498,7 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 func TestClosedConnectionIsReplaced(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}})
 	token := w.token("shop", "api")
 	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer),
 		downReport: 50 * time.Millisecond})
@@ -524,7 +526,7 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 	t.Run("server stops accepting the service", func(t *testing.T) {
 		// The server drops the service's connection on reload; its reconnects then go to the
 		// callout itself (the key is no longer a user), which nobody answers, and time out.
-		srv.reload(func(c *natsConf) { c.serviceKeys = []string{pub(t, newUser(t))} })
+		srv.reload(func(c *natsConf) { c.serviceKeys = []string{testsupport.PublicKey(t, newUser(t))} })
 		testsupport.WaitFor(t, "service not ready", 10*time.Second, func() bool { return sc.svc.Ready() != nil })
 		if err := sc.svc.Ready(); !strings.Contains(err.Error(), "not connected to "+srv.url()) {
 			t.Errorf("Ready() = %v, want it to say the service is not connected", err)
@@ -540,7 +542,7 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 			t.Errorf("outage reported %d times, want once a minute:\n%s", n, grepLines(w.logs.String(), report))
 		}
 
-		srv.reload(func(c *natsConf) { c.serviceKeys = []string{pub(t, k.service)} })
+		srv.reload(func(c *natsConf) { c.serviceKeys = []string{testsupport.PublicKey(t, k.service)} })
 		sc.waitReady()
 		mustConnect(t, srv.url(), token)
 	})
@@ -551,7 +553,7 @@ func TestClosedConnectionIsReplaced(t *testing.T) {
 func TestOverloadDropsAtOnce(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}})
 	token := w.token("shop", "api")
 	gate := newGatedVerifier(w.verifier)
 	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer),
@@ -621,10 +623,10 @@ func TestNoSecretsInLogs(t *testing.T) {
 	spareIssuer := newAccount(t)
 
 	// Pod A: nkey login from a Secret that rotates, two issuers, encrypted callouts.
-	a := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, oldKey), pub(t, newKey)},
-		authUsers: []string{pub(t, oldKey), pub(t, newKey)}, xkey: pub(t, k.xkey)})
-	vol := newSecretVolume(t, "nats.nk", string(seed(t, oldKey)))
-	xk, err := callout.ParseXKey(seed(t, k.xkey))
+	a := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, oldKey), testsupport.PublicKey(t, newKey)},
+		authUsers: []string{testsupport.PublicKey(t, oldKey), testsupport.PublicKey(t, newKey)}, xkey: testsupport.PublicKey(t, k.xkey)})
+	vol := newSecretVolume(t, "nats.nk", string(testsupport.Seed(t, oldKey)))
+	xk, err := callout.ParseXKey(testsupport.Seed(t, k.xkey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -636,7 +638,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 
 	// Pod B: the service logs in with a password in NATS_URL.
 	const servicePass = "s3rvice-pa55word-in-url"
-	b := startNATS(t, natsConf{issuer: pub(t, k.issuer), servicePass: servicePass, authUsers: []string{"callout"}})
+	b := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), servicePass: servicePass, authUsers: []string{"callout"}})
 	bURL := strings.Replace(b.url(), "nats://", "nats://callout:"+servicePass+"@", 1)
 	pb := w.startSidecar(sidecarConfig{url: bURL, keys: ring})
 	pb.waitReady()
@@ -670,8 +672,8 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 
 	// Rotation, then an outage and recovery of pod B's server.
-	vol.update(string(seed(t, newKey)))
-	testsupport.WaitFor(t, "pod A on the new nkey", 10*time.Second, func() bool { return pa.svc.ActiveUser() == pub(t, newKey) })
+	vol.update(string(testsupport.Seed(t, newKey)))
+	testsupport.WaitFor(t, "pod A on the new nkey", 10*time.Second, func() bool { return pa.svc.ActiveUser() == testsupport.PublicKey(t, newKey) })
 	b.stop()
 	testsupport.WaitFor(t, "pod B not ready", 10*time.Second, func() bool { return pb.svc.Ready() != nil })
 	reports := []string{pb.svc.Ready().Error()}
@@ -707,7 +709,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 	for name, kp := range map[string]nkeys.KeyPair{"old service seed": oldKey, "new service seed": newKey,
 		"issuer seed": k.issuer, "spare issuer seed": spareIssuer, "xkey seed": k.xkey} {
-		s := string(seed(t, kp))
+		s := string(testsupport.Seed(t, kp))
 		secrets[name] = s
 		// A seed's first characters are its type prefix; any longer run of it is a leak.
 		secrets[name+" (tail)"] = s[len(s)-20:]

@@ -73,38 +73,38 @@ func newOperatorWorld(t *testing.T, encrypted bool) *operatorWorld {
 		w.xkey = newKP(t, nkeys.CreateCurveKeys)
 	}
 	account := func(kp nkeys.KeyPair, name string) *natsjwt.AccountClaims {
-		ac := natsjwt.NewAccountClaims(pub(t, kp))
+		ac := natsjwt.NewAccountClaims(testsupport.PublicKey(t, kp))
 		ac.Name = name
 		w.accounts[ac.Subject] = ac
 		return ac
 	}
 	account(w.sys, "SYS")
 	auth := account(w.auth, "AUTH")
-	auth.SigningKeys.Add(pub(t, w.authSK))
-	auth.Authorization.AuthUsers.Add(pub(t, w.service))
-	auth.Authorization.AllowedAccounts.Add(pub(t, w.app))
+	auth.SigningKeys.Add(testsupport.PublicKey(t, w.authSK))
+	auth.Authorization.AuthUsers.Add(testsupport.PublicKey(t, w.service))
+	auth.Authorization.AllowedAccounts.Add(testsupport.PublicKey(t, w.app))
 	if encrypted {
-		auth.Authorization.XKey = pub(t, w.xkey)
+		auth.Authorization.XKey = testsupport.PublicKey(t, w.xkey)
 	}
 	app := account(w.app, "APP")
-	app.SigningKeys.Add(pub(t, w.appSK))
+	app.SigningKeys.Add(testsupport.PublicKey(t, w.appSK))
 	scope := natsjwt.NewUserScope()
-	scope.Key, scope.Role = pub(t, w.appScoped), "workloads"
+	scope.Key, scope.Role = testsupport.PublicKey(t, w.appScoped), "workloads"
 	scope.Template.Pub.Allow.Add("shared.>")
 	scope.Template.Sub.Allow.Add("shared.>")
 	app.SigningKeys.AddScopedSigner(scope)
-	account(w.other, "OTHER").SigningKeys.Add(pub(t, w.otherSK))
+	account(w.other, "OTHER").SigningKeys.Add(testsupport.PublicKey(t, w.otherSK))
 	account(w.nack, "NACK")
 
 	// Token-only clients present this bearer JWT (default_sentinel): it lets them reach the
 	// callout and nothing else.
 	w.sentinelUser = newKP(t, nkeys.CreateUser)
-	sentinel := natsjwt.NewUserClaims(pub(t, w.sentinelUser))
+	sentinel := natsjwt.NewUserClaims(testsupport.PublicKey(t, w.sentinelUser))
 	sentinel.Name = "sentinel"
 	sentinel.BearerToken = true
 	sentinel.Pub.Deny.Add(">")
 	sentinel.Sub.Deny.Add(">")
-	sentinel.IssuerAccount = pub(t, w.auth) // signed by AUTH's signing key, as nsc does
+	sentinel.IssuerAccount = testsupport.PublicKey(t, w.auth) // signed by AUTH's signing key, as nsc does
 	var err error
 	if w.sentinel, err = sentinel.Encode(w.authSK); err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func (w *operatorWorld) writeFile(name string, data []byte) string {
 // accountJWT encodes an account's claims, signed by the operator's signing key.
 func (w *operatorWorld) accountJWT(kp nkeys.KeyPair) string {
 	w.t.Helper()
-	tok, err := w.accounts[pub(w.t, kp)].Encode(w.operatorSK)
+	tok, err := w.accounts[testsupport.PublicKey(w.t, kp)].Encode(w.operatorSK)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -138,10 +138,10 @@ func (w *operatorWorld) accountJWT(kp nkeys.KeyPair) string {
 // resolver: no auth_callout block (the callout lives in AUTH's JWT).
 func (w *operatorWorld) serverConfig(defaultSentinel bool) string {
 	w.t.Helper()
-	oc := natsjwt.NewOperatorClaims(pub(w.t, w.operator))
+	oc := natsjwt.NewOperatorClaims(testsupport.PublicKey(w.t, w.operator))
 	oc.Name = "OP"
-	oc.SigningKeys.Add(pub(w.t, w.operatorSK))
-	oc.SystemAccount = pub(w.t, w.sys)
+	oc.SigningKeys.Add(testsupport.PublicKey(w.t, w.operatorSK))
+	oc.SystemAccount = testsupport.PublicKey(w.t, w.sys)
 	oc.StrictSigningKeyUsage = w.strict
 	opJWT, err := oc.Encode(w.operator)
 	if err != nil {
@@ -149,7 +149,7 @@ func (w *operatorWorld) serverConfig(defaultSentinel bool) string {
 	}
 	var preload strings.Builder
 	for pk := range w.accounts {
-		kp := map[string]nkeys.KeyPair{pub(w.t, w.sys): w.sys, pub(w.t, w.auth): w.auth, pub(w.t, w.app): w.app, pub(w.t, w.other): w.other, pub(w.t, w.nack): w.nack}[pk]
+		kp := map[string]nkeys.KeyPair{testsupport.PublicKey(w.t, w.sys): w.sys, testsupport.PublicKey(w.t, w.auth): w.auth, testsupport.PublicKey(w.t, w.app): w.app, testsupport.PublicKey(w.t, w.other): w.other, testsupport.PublicKey(w.t, w.nack): w.nack}[pk]
 		fmt.Fprintf(&preload, "  %s: %q\n", pk, w.accountJWT(kp))
 	}
 	conf := fmt.Sprintf(`
@@ -159,7 +159,7 @@ system_account: %q
 resolver: MEMORY
 resolver_preload: {
 %s}
-`, opJWT, pub(w.t, w.sys), preload.String())
+`, opJWT, testsupport.PublicKey(w.t, w.sys), preload.String())
 	if defaultSentinel {
 		conf += fmt.Sprintf("default_sentinel: %q\n", w.sentinel)
 	}
@@ -170,10 +170,10 @@ resolver_preload: {
 // of its signing keys, in which case issuer_account is set as nsc does).
 func (w *operatorWorld) creds(name string, user, account, signer nkeys.KeyPair, mut func(*natsjwt.UserClaims)) string {
 	w.t.Helper()
-	uc := natsjwt.NewUserClaims(pub(w.t, user))
+	uc := natsjwt.NewUserClaims(testsupport.PublicKey(w.t, user))
 	uc.Name = name
-	if pub(w.t, signer) != pub(w.t, account) {
-		uc.IssuerAccount = pub(w.t, account)
+	if testsupport.PublicKey(w.t, signer) != testsupport.PublicKey(w.t, account) {
+		uc.IssuerAccount = testsupport.PublicKey(w.t, account)
 	}
 	if mut != nil {
 		mut(uc)
@@ -182,7 +182,7 @@ func (w *operatorWorld) creds(name string, user, account, signer nkeys.KeyPair, 
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	data, err := natsjwt.FormatUserConfig(tok, seed(w.t, user))
+	data, err := natsjwt.FormatUserConfig(tok, testsupport.Seed(w.t, user))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -240,16 +240,16 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 	case "OTHER":
 		target, targetKey, targetJWT = w.other, w.otherSK, w.otherJWTPath
 	}
-	ring := parseKeys(t, seed(t, calloutKey))
-	targetRing := parseKeys(t, seed(t, targetKey))
+	ring := parseKeys(t, testsupport.Seed(t, calloutKey))
+	targetRing := parseKeys(t, testsupport.Seed(t, targetKey))
 	var xk *callout.XKey
 	if o.encrypted {
-		if xk, err = callout.ParseXKey(seed(t, w.xkey)); err != nil {
+		if xk, err = callout.ParseXKey(testsupport.Seed(t, w.xkey)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	err = callout.CheckOperatorSetup(callout.OperatorSetup{
-		Credentials: creds, SigningKeys: ring, TargetAccount: pub(t, target), TargetKeys: targetRing, XKey: xk,
+		Credentials: creds, SigningKeys: ring, TargetAccount: testsupport.PublicKey(t, target), TargetKeys: targetRing, XKey: xk,
 		CalloutAccountJWT: readAccountJWT(t, w.calloutJWTPath), TargetAccountJWT: readAccountJWT(t, targetJWT),
 	})
 	if (err != nil) != v.misconfigured {
@@ -277,7 +277,7 @@ func newOperatorEnv(t *testing.T, o envOptions, v operatorVariant) (*env, *opera
 		Verifier: verifier, Policies: e.store,
 		SigningKeys: func() *callout.KeyRing { return ring },
 		XKey:        func() *callout.XKey { return xk },
-		Account:     pub(t, target), MaxTTL: o.maxTTL, Logger: log, Metrics: metrics,
+		Account:     testsupport.PublicKey(t, target), MaxTTL: o.maxTTL, Logger: log, Metrics: metrics,
 		Operator: &callout.OperatorConfig{
 			CalloutAccount: creds.Account,
 			TargetKeys:     func() *callout.KeyRing { return targetRing },
@@ -390,7 +390,7 @@ func TestOperatorSigners(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e, w := newOperatorEnv(t, envOptions{}, c.v)
-			want := map[string]string{"APP": pub(t, w.app), "AUTH": pub(t, w.auth)}[c.target]
+			want := map[string]string{"APP": testsupport.PublicKey(t, w.app), "AUTH": testsupport.PublicKey(t, w.auth)}[c.target]
 			token, _ := e.serviceAccount("team-a", "api", nil)
 			nc, errs, err := e.connect(token, nats.Name("probe"))
 			if err != nil {
@@ -430,7 +430,7 @@ func TestOperatorIssuerAccounts(t *testing.T) {
 		wantUserIssuer         func(w *operatorWorld) nkeys.KeyPair
 	}{
 		{"signing keys", operatorVariant{},
-			func(w *operatorWorld) string { return pub(t, w.auth) }, func(w *operatorWorld) string { return pub(t, w.app) },
+			func(w *operatorWorld) string { return testsupport.PublicKey(t, w.auth) }, func(w *operatorWorld) string { return testsupport.PublicKey(t, w.app) },
 			func(w *operatorWorld) nkeys.KeyPair { return w.appSK }},
 		{"account keys", operatorVariant{calloutIdentity: true, targetKey: "identity"},
 			func(*operatorWorld) string { return "" }, func(*operatorWorld) string { return "" },
@@ -440,10 +440,10 @@ func TestOperatorIssuerAccounts(t *testing.T) {
 			e, w := newOperatorEnv(t, envOptions{}, c.v)
 			token, _ := e.serviceAccount("ns", "app", nil)
 			serverKP := newKP(t, nkeys.CreateServer)
-			rq := natsjwt.NewAuthorizationRequestClaims(pub(t, w.auth))
+			rq := natsjwt.NewAuthorizationRequestClaims(testsupport.PublicKey(t, w.auth))
 			rq.Audience = "nats-authorization-request"
-			rq.UserNkey = pub(t, newKP(t, nkeys.CreateUser))
-			rq.Server = natsjwt.ServerID{Name: "n1", ID: pub(t, serverKP)}
+			rq.UserNkey = testsupport.PublicKey(t, newKP(t, nkeys.CreateUser))
+			rq.Server = natsjwt.ServerID{Name: "n1", ID: testsupport.PublicKey(t, serverKP)}
 			rq.ConnectOptions.Token = token
 			rq.ConnectOptions.JWT = w.sentinel
 			rq.Expires = time.Now().Add(2 * time.Second).Unix()
@@ -466,8 +466,8 @@ func TestOperatorIssuerAccounts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if uc.IssuerAccount != c.wantUser(w) || uc.Issuer != pub(t, c.wantUserIssuer(w)) {
-				t.Errorf("user JWT issuer %s, issuer_account %q; want %s, %q", uc.Issuer, uc.IssuerAccount, pub(t, c.wantUserIssuer(w)), c.wantUser(w))
+			if uc.IssuerAccount != c.wantUser(w) || uc.Issuer != testsupport.PublicKey(t, c.wantUserIssuer(w)) {
+				t.Errorf("user JWT issuer %s, issuer_account %q; want %s, %q", uc.Issuer, uc.IssuerAccount, testsupport.PublicKey(t, c.wantUserIssuer(w)), c.wantUser(w))
 			}
 		})
 	}
@@ -494,7 +494,7 @@ func TestOperatorStaticUsersBypassCallout(t *testing.T) {
 	if _, err := sub.NextMsg(2 * time.Second); err != nil {
 		t.Errorf("NACK user: own message not received: %v", err)
 	}
-	if got := connAccount(t, e.server, "nack"); got != pub(t, w.nack) {
+	if got := connAccount(t, e.server, "nack"); got != testsupport.PublicKey(t, w.nack) {
 		t.Errorf("NACK user in account %s, want NACK", got)
 	}
 	admin := e.admin()
@@ -523,7 +523,7 @@ func TestOperatorSentinel(t *testing.T) {
 		t.Errorf("a token-only client reached the callout without default_sentinel (%v -> %v requests)", before, after)
 	}
 
-	sentinel, err := natsjwt.FormatUserConfig(w.sentinel, seed(t, w.sentinelUser))
+	sentinel, err := natsjwt.FormatUserConfig(w.sentinel, testsupport.Seed(t, w.sentinelUser))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +533,7 @@ func TestOperatorSentinel(t *testing.T) {
 		t.Fatalf("token with sentinel credentials: %v", err)
 	}
 	defer nc.Close()
-	if got := connAccount(t, e.server, "with-sentinel"); got != pub(t, w.app) {
+	if got := connAccount(t, e.server, "with-sentinel"); got != testsupport.PublicKey(t, w.app) {
 		t.Errorf("user placed in %s, want APP", got)
 	}
 	// The sentinel's credentials without a valid token are refused by the service.
@@ -555,11 +555,11 @@ func TestOperatorTargetNotAllowed(t *testing.T) {
 		t.Errorf("requests_total{allowed} = %v, want 1 (the server, not the service, refuses)", got)
 	}
 	err = callout.CheckOperatorSetup(callout.OperatorSetup{
-		Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, seed(t, w.authSK)),
-		TargetAccount: pub(t, w.other), TargetKeys: parseKeys(t, seed(t, w.otherSK)),
+		Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, testsupport.Seed(t, w.authSK)),
+		TargetAccount: testsupport.PublicKey(t, w.other), TargetKeys: parseKeys(t, testsupport.Seed(t, w.otherSK)),
 		CalloutAccountJWT: readAccountJWT(t, w.calloutJWTPath),
 	})
-	if !errors.Is(err, callout.ErrOperatorSetup) || !strings.Contains(err.Error(), "nsc edit authcallout --account AUTH --allowed-account "+pub(t, w.other)) {
+	if !errors.Is(err, callout.ErrOperatorSetup) || !strings.Contains(err.Error(), "nsc edit authcallout --account AUTH --allowed-account "+testsupport.PublicKey(t, w.other)) {
 		t.Errorf("got %v, want the allowed_accounts fix", err)
 	}
 }
@@ -573,15 +573,15 @@ func TestOperatorScopedSigningKey(t *testing.T) {
 	expectRefused(t, nc, err)
 
 	setup := callout.OperatorSetup{
-		Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, seed(t, w.authSK)),
-		TargetAccount: pub(t, w.app), TargetKeys: parseKeys(t, seed(t, w.appScoped)),
+		Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, testsupport.Seed(t, w.authSK)),
+		TargetAccount: testsupport.PublicKey(t, w.app), TargetKeys: parseKeys(t, testsupport.Seed(t, w.appScoped)),
 		TargetAccountJWT: readAccountJWT(t, w.appJWTPath),
 	}
 	err = callout.CheckOperatorSetup(setup)
 	if !errors.Is(err, callout.ErrScopedSigningKey) || !errors.Is(err, callout.ErrOperatorSetup) {
 		t.Fatalf("got %v, want ErrScopedSigningKey", err)
 	}
-	for _, want := range []string{pub(t, w.appScoped), `role "workloads"`, "APP (" + pub(t, w.app) + ")", "nsc edit account APP --sk generate", "NATS_TARGET_SIGNING_KEY_FILE"} {
+	for _, want := range []string{testsupport.PublicKey(t, w.appScoped), `role "workloads"`, "APP (" + testsupport.PublicKey(t, w.app) + ")", "nsc edit account APP --sk generate", "NATS_TARGET_SIGNING_KEY_FILE"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -610,9 +610,9 @@ func credsOf(t *testing.T, w *operatorWorld, signer nkeys.KeyPair) *callout.Cred
 func TestCheckOperatorSetup(t *testing.T) {
 	w := newOperatorWorld(t, true)
 	jwtOf := func(kp nkeys.KeyPair, mut func(*natsjwt.AccountClaims)) *natsjwt.AccountClaims {
-		ac := *w.accounts[pub(t, kp)]
+		ac := *w.accounts[testsupport.PublicKey(t, kp)]
 		ac.SigningKeys = natsjwt.SigningKeys{}
-		for k, v := range w.accounts[pub(t, kp)].SigningKeys {
+		for k, v := range w.accounts[testsupport.PublicKey(t, kp)].SigningKeys {
 			ac.SigningKeys[k] = v
 		}
 		ac.Authorization.AuthUsers = append(natsjwt.StringList(nil), ac.Authorization.AuthUsers...)
@@ -622,15 +622,15 @@ func TestCheckOperatorSetup(t *testing.T) {
 		}
 		return &ac
 	}
-	xk, err := callout.ParseXKey(seed(t, w.xkey))
+	xk, err := callout.ParseXKey(testsupport.Seed(t, w.xkey))
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherX, err := callout.ParseXKey(seed(t, newKP(t, nkeys.CreateCurveKeys)))
+	otherX, err := callout.ParseXKey(testsupport.Seed(t, newKP(t, nkeys.CreateCurveKeys)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bareSeed, err := callout.ParseCredentials(seed(t, w.service))
+	bareSeed, err := callout.ParseCredentials(testsupport.Seed(t, w.service))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -647,12 +647,12 @@ func TestCheckOperatorSetup(t *testing.T) {
 	}()
 	good := func() callout.OperatorSetup {
 		return callout.OperatorSetup{
-			Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, seed(t, w.authSK)),
-			TargetAccount: pub(t, w.app), TargetKeys: parseKeys(t, seed(t, w.appSK)), XKey: xk,
+			Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, testsupport.Seed(t, w.authSK)),
+			TargetAccount: testsupport.PublicKey(t, w.app), TargetKeys: parseKeys(t, testsupport.Seed(t, w.appSK)), XKey: xk,
 			CalloutAccountJWT: jwtOf(w.auth, nil), TargetAccountJWT: jwtOf(w.app, nil),
 		}
 	}
-	twoKeys := append(append(seed(t, w.authSK), '\n'), seed(t, w.auth)...)
+	twoKeys := append(append(testsupport.Seed(t, w.authSK), '\n'), testsupport.Seed(t, w.auth)...)
 	for _, c := range []struct {
 		name string
 		mut  func(*callout.OperatorSetup)
@@ -660,11 +660,11 @@ func TestCheckOperatorSetup(t *testing.T) {
 	}{
 		{"recommended", nil, ""},
 		{"account keys", func(s *callout.OperatorSetup) {
-			s.SigningKeys, s.TargetKeys = parseKeys(t, seed(t, w.auth)), parseKeys(t, seed(t, w.app))
+			s.SigningKeys, s.TargetKeys = parseKeys(t, testsupport.Seed(t, w.auth)), parseKeys(t, testsupport.Seed(t, w.app))
 		}, ""},
 		{"no account JWTs", func(s *callout.OperatorSetup) { s.CalloutAccountJWT, s.TargetAccountJWT = nil, nil }, ""},
 		{"users in the callout account, same key, one JWT", func(s *callout.OperatorSetup) {
-			s.TargetAccount, s.TargetKeys, s.TargetAccountJWT = pub(t, w.auth), s.SigningKeys, nil
+			s.TargetAccount, s.TargetKeys, s.TargetAccountJWT = testsupport.PublicKey(t, w.auth), s.SigningKeys, nil
 		}, ""},
 		{"any account allowed", func(s *callout.OperatorSetup) {
 			s.CalloutAccountJWT.Authorization.AllowedAccounts = natsjwt.StringList{natsjwt.AnyAccount}
@@ -675,37 +675,37 @@ func TestCheckOperatorSetup(t *testing.T) {
 		{"target is a name", func(s *callout.OperatorSetup) { s.TargetAccount = "APP" }, "NATS_ACCOUNT is not an account public key"},
 		{"two callout keys", func(s *callout.OperatorSetup) { s.SigningKeys = parseKeys(t, twoKeys) }, "holds 2 account seeds"},
 		{"signing key file holds the target's key", func(s *callout.OperatorSetup) {
-			s.SigningKeys, s.CalloutAccountJWT = parseKeys(t, seed(t, w.app)), nil
+			s.SigningKeys, s.CalloutAccountJWT = parseKeys(t, testsupport.Seed(t, w.app)), nil
 		}, "NATS_SIGNING_KEY_FILE holds the key of the target account"},
 		{"target key file holds the callout account's key", func(s *callout.OperatorSetup) {
-			s.TargetKeys = parseKeys(t, seed(t, w.auth))
+			s.TargetKeys = parseKeys(t, testsupport.Seed(t, w.auth))
 		}, "NATS_TARGET_SIGNING_KEY_FILE holds the key of the callout account"},
 		{"one key for two accounts", func(s *callout.OperatorSetup) { s.TargetKeys = s.SigningKeys }, "hold the same key"},
-		{"creds of another account", func(s *callout.OperatorSetup) { s.Credentials = appUser }, "is a user of account " + pub(t, w.app)},
+		{"creds of another account", func(s *callout.OperatorSetup) { s.Credentials = appUser }, "is a user of account " + testsupport.PublicKey(t, w.app)},
 		{"callout not enabled", func(s *callout.OperatorSetup) {
 			s.CalloutAccountJWT.Authorization = natsjwt.ExternalAuthorization{}
-		}, "has no auth callout: nsc edit authcallout --account AUTH --auth-user " + pub(t, w.service)},
+		}, "has no auth callout: nsc edit authcallout --account AUTH --auth-user " + testsupport.PublicKey(t, w.service)},
 		{"service not in auth_users", func(s *callout.OperatorSetup) {
-			s.CalloutAccountJWT.Authorization.AuthUsers = natsjwt.StringList{pub(t, newKP(t, nkeys.CreateUser))}
+			s.CalloutAccountJWT.Authorization.AuthUsers = natsjwt.StringList{testsupport.PublicKey(t, newKP(t, nkeys.CreateUser))}
 		}, "not in auth_users of account AUTH"},
 		{"callout signing key not registered", func(s *callout.OperatorSetup) {
 			s.CalloutAccountJWT.SigningKeys = natsjwt.SigningKeys{}
-		}, "nsc edit account AUTH --sk " + pub(t, w.authSK)},
+		}, "nsc edit account AUTH --sk " + testsupport.PublicKey(t, w.authSK)},
 		{"target not allowed", func(s *callout.OperatorSetup) {
-			s.CalloutAccountJWT.Authorization.AllowedAccounts = natsjwt.StringList{pub(t, w.other)}
-		}, "--allowed-account " + pub(t, w.app)},
+			s.CalloutAccountJWT.Authorization.AllowedAccounts = natsjwt.StringList{testsupport.PublicKey(t, w.other)}
+		}, "--allowed-account " + testsupport.PublicKey(t, w.app)},
 		{"xkey missing", func(s *callout.OperatorSetup) { s.XKey = nil }, "NATS_XKEY_FILE is not set"},
 		{"xkey differs", func(s *callout.OperatorSetup) { s.XKey = otherX }, "but NATS_XKEY_FILE holds " + otherX.PublicKey()},
 		{"target JWT of another account", func(s *callout.OperatorSetup) { s.TargetAccountJWT = jwtOf(w.other, nil) }, "NATS_TARGET_ACCOUNT_JWT_FILE is account OTHER"},
 		{"target key not registered", func(s *callout.OperatorSetup) {
-			s.TargetKeys = parseKeys(t, seed(t, w.otherSK))
-		}, "nsc edit account APP --sk " + pub(t, w.otherSK)},
+			s.TargetKeys = parseKeys(t, testsupport.Seed(t, w.otherSK))
+		}, "nsc edit account APP --sk " + testsupport.PublicKey(t, w.otherSK)},
 		{"scoped target key", func(s *callout.OperatorSetup) {
-			s.TargetKeys = parseKeys(t, seed(t, w.appScoped))
+			s.TargetKeys = parseKeys(t, testsupport.Seed(t, w.appScoped))
 		}, "scoped signing key"},
 		{"users in the callout account with a scoped key", func(s *callout.OperatorSetup) {
-			s.CalloutAccountJWT.SigningKeys.AddScopedSigner(&natsjwt.UserScope{Kind: natsjwt.UserScopeType, Key: pub(t, w.authSK), Role: "r"})
-			s.TargetAccount, s.TargetKeys, s.TargetAccountJWT = pub(t, w.auth), s.SigningKeys, nil
+			s.CalloutAccountJWT.SigningKeys.AddScopedSigner(&natsjwt.UserScope{Kind: natsjwt.UserScopeType, Key: testsupport.PublicKey(t, w.authSK), Role: "r"})
+			s.TargetAccount, s.TargetKeys, s.TargetAccountJWT = testsupport.PublicKey(t, w.auth), s.SigningKeys, nil
 		}, "scoped signing key"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -722,7 +722,7 @@ func TestCheckOperatorSetup(t *testing.T) {
 			}
 			if err != nil {
 				for _, kp := range []nkeys.KeyPair{w.auth, w.authSK, w.app, w.appSK, w.service} {
-					if strings.Contains(err.Error(), string(seed(t, kp))) {
+					if strings.Contains(err.Error(), string(testsupport.Seed(t, kp))) {
 						t.Error("a seed appears in the error")
 					}
 				}
@@ -748,20 +748,20 @@ func TestParseAccountJWT(t *testing.T) {
 		{"empty", "\n", false},
 		{"garbage", "hello world", false},
 		{"creds file", string(userCreds), false},
-		{"account seed", string(seed(t, w.app)), false},
+		{"account seed", string(testsupport.Seed(t, w.app)), false},
 		{"operator JWT", func() string {
-			tok, _ := natsjwt.NewOperatorClaims(pub(t, w.operator)).Encode(w.operator)
+			tok, _ := natsjwt.NewOperatorClaims(testsupport.PublicKey(t, w.operator)).Encode(w.operator)
 			return tok
 		}(), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ac, err := callout.ParseAccountJWT([]byte(c.data))
 			switch {
-			case c.ok && (err != nil || ac.Subject != pub(t, w.app)):
+			case c.ok && (err != nil || ac.Subject != testsupport.PublicKey(t, w.app)):
 				t.Errorf("got %v, %v; want APP's claims", ac, err)
 			case !c.ok && err == nil:
 				t.Errorf("parsed %q as an account JWT", c.name)
-			case err != nil && strings.Contains(err.Error(), string(seed(t, w.app))):
+			case err != nil && strings.Contains(err.Error(), string(testsupport.Seed(t, w.app))):
 				t.Error("the seed appears in the error")
 			}
 		})
@@ -775,12 +775,12 @@ func TestCredentialsAccount(t *testing.T) {
 		signer nkeys.KeyPair
 	}{{"signed by the account", w.auth}, {"signed by a signing key", w.authSK}} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := credsOf(t, w, c.signer).Account(); got != pub(t, w.auth) {
-				t.Errorf("Account() = %s, want AUTH %s", got, pub(t, w.auth))
+			if got := credsOf(t, w, c.signer).Account(); got != testsupport.PublicKey(t, w.auth) {
+				t.Errorf("Account() = %s, want AUTH %s", got, testsupport.PublicKey(t, w.auth))
 			}
 		})
 	}
-	bare, err := callout.ParseCredentials(seed(t, w.service))
+	bare, err := callout.ParseCredentials(testsupport.Seed(t, w.service))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -800,11 +800,11 @@ func TestParseSigningKeysExplainsWrongKinds(t *testing.T) {
 		{"curve", newKP(t, nkeys.CreateCurveKeys), "signing keys are account seeds"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := callout.ParseSigningKeys(seed(t, c.kp))
+			_, err := callout.ParseSigningKeys(testsupport.Seed(t, c.kp))
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("got %v, want an error mentioning %q", err, c.want)
 			}
-			if err != nil && strings.Contains(err.Error(), string(seed(t, c.kp))) {
+			if err != nil && strings.Contains(err.Error(), string(testsupport.Seed(t, c.kp))) {
 				t.Error("the seed appears in the error")
 			}
 		})
@@ -812,10 +812,10 @@ func TestParseSigningKeysExplainsWrongKinds(t *testing.T) {
 }
 
 func TestOperatorHandlerConfig(t *testing.T) {
-	ring := parseKeys(t, seed(t, newKP(t, nkeys.CreateAccount)))
+	ring := parseKeys(t, testsupport.Seed(t, newKP(t, nkeys.CreateAccount)))
 	base := callout.HandlerConfig{
 		Verifier: nopVerifier{}, Policies: nopPolicies{}, SigningKeys: func() *callout.KeyRing { return ring },
-		Account: pub(t, newKP(t, nkeys.CreateAccount)),
+		Account: testsupport.PublicKey(t, newKP(t, nkeys.CreateAccount)),
 	}
 	for _, c := range []struct {
 		name string

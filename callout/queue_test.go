@@ -40,7 +40,7 @@ func (o *orderVerifier) seen() []string {
 func TestQueueNewestFirstDropsOldest(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 5})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}, authTimeout: 5})
 	names := []string{"busy", "oldest", "older", "newest"}
 	tokens := map[string]string{}
 	for _, n := range names {
@@ -132,7 +132,7 @@ func (h *holdingVerifier) Verify(ctx context.Context, token string) (kube.Identi
 func TestQueueStaleRequestsCostNothing(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}})
 	busy, stale, fresh := w.token("shop", "busy"), w.token("shop", "stale"), w.token("shop", "fresh")
 	hold := &holdingVerifier{next: w.verifier, entered: make(chan struct{}), release: make(chan struct{})}
 	order := &orderVerifier{next: hold}

@@ -91,13 +91,13 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		server:  fixedKey(t, nkeys.PrefixByteServer, 2),
 		serverX: fixedKey(t, nkeys.PrefixByteCurve, 3),
 	}
-	r.issuerPub, r.serverPub = pub(t, r.issuer), pub(t, r.server)
+	r.issuerPub, r.serverPub = testsupport.PublicKey(t, r.issuer), testsupport.PublicKey(t, r.server)
 	var xk *callout.XKey
 	if o.encrypted {
 		r.xkey = fixedKey(t, nkeys.PrefixByteCurve, 4)
-		r.xkeyPub = pub(t, r.xkey)
+		r.xkeyPub = testsupport.PublicKey(t, r.xkey)
 		var err error
-		if xk, err = callout.ParseXKey(seed(t, r.xkey)); err != nil {
+		if xk, err = callout.ParseXKey(testsupport.Seed(t, r.xkey)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -133,7 +133,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if o.operator {
 		target := fixedKey(t, nkeys.PrefixByteAccount, 6)
 		targetRing := fixedRing(t, target)
-		cfg.Account = pub(t, target)
+		cfg.Account = testsupport.PublicKey(t, target)
 		cfg.Operator = &callout.OperatorConfig{
 			CalloutAccount: func() string { return r.issuerPub },
 			TargetKeys:     func() *callout.KeyRing { o.onKeys("target"); return targetRing() },
@@ -149,16 +149,16 @@ func newRig(t testing.TB, o rigOptions) *rig {
 
 // claims is a request as the rig's nats-server sends it, for a client with rigToken.
 func (r *rig) claims() *natsjwt.AuthorizationRequestClaims {
-	rc := natsjwt.NewAuthorizationRequestClaims(pub(r.t, r.issuer))
+	rc := natsjwt.NewAuthorizationRequestClaims(testsupport.PublicKey(r.t, r.issuer))
 	rc.Audience = "nats-authorization-request"
-	rc.UserNkey = pub(r.t, fixedKey(r.t, nkeys.PrefixByteUser, 5))
-	rc.Server = natsjwt.ServerID{Name: "nats-0", ID: pub(r.t, r.server)}
+	rc.UserNkey = testsupport.PublicKey(r.t, fixedKey(r.t, nkeys.PrefixByteUser, 5))
+	rc.Server = natsjwt.ServerID{Name: "nats-0", ID: testsupport.PublicKey(r.t, r.server)}
 	rc.ClientInformation.Host = "10.0.0.7"
 	rc.ConnectOptions.Token = rigToken
 	// Unexpired for the rig's clock and for the JWT library's, which reads the real one.
 	rc.Expires = rigNow.AddDate(100, 0, 0).Unix()
 	if r.xkey != nil {
-		rc.Server.XKey = pub(r.t, r.serverX)
+		rc.Server.XKey = testsupport.PublicKey(r.t, r.serverX)
 	}
 	return rc
 }
@@ -174,11 +174,11 @@ func (r *rig) request(rc *natsjwt.AuthorizationRequestClaims) ([]byte, nats.Head
 	if r.xkey == nil {
 		return []byte(tok), nats.Header{}
 	}
-	sealed, err := r.serverX.Seal([]byte(tok), pub(r.t, r.xkey))
+	sealed, err := r.serverX.Seal([]byte(tok), testsupport.PublicKey(r.t, r.xkey))
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return sealed, nats.Header{"Nats-Server-Xkey": []string{pub(r.t, r.serverX)}}
+	return sealed, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(r.t, r.serverX)}}
 }
 
 // response opens (when the rig is encrypted) and decodes a reply, and checks that it is a
@@ -249,9 +249,9 @@ func TestCraftedXKeyHeaderIsDropped(t *testing.T) {
 		"100 base32 characters":              strings.Repeat("X", 100),
 		"valid checksum, 33 key bytes":       craftedCurveKey(t, 33),
 		"valid checksum, 31 key bytes":       craftedCurveKey(t, 31),
-		"an account key":                     pub(t, r.issuer),
+		"an account key":                     testsupport.PublicKey(t, r.issuer),
 		"not base32":                         "X!!",
-		"a valid curve key, body not sealed": pub(t, r.serverX),
+		"a valid curve key, body not sealed": testsupport.PublicKey(t, r.serverX),
 	} {
 		t.Run(name, func(t *testing.T) {
 			before := r.count(callout.ResultDropped, callout.ReasonEncryption)
@@ -291,7 +291,7 @@ func TestPanicDropsTheRequestOnly(t *testing.T) {
 			t.Errorf("decision log lacks %s:\n%s", want, line)
 		}
 	}
-	if strings.Contains(logs, rigToken) || strings.Contains(logs, string(seed(t, r.issuer))) {
+	if strings.Contains(logs, rigToken) || strings.Contains(logs, string(testsupport.Seed(t, r.issuer))) {
 		t.Errorf("the token or a seed appears in the log:\n%s", logs)
 	}
 
@@ -322,7 +322,7 @@ func (p panickyVerifier) Verify(ctx context.Context, token string) (kube.Identit
 func TestServiceSurvivesPanic(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, false)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 1})
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}, authTimeout: 1})
 	const bad = "token-that-trips-a-bug"
 	sc := w.startSidecar(sidecarConfig{url: srv.url(), creds: fixedCreds(t, k.service), keys: fixedRing(t, k.issuer),
 		verifier: panickyVerifier{next: w.verifier, token: bad}, requestTimeout: 800 * time.Millisecond})
@@ -351,7 +351,7 @@ func TestEncryptionRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := fixedKey(t, nkeys.PrefixByteCurve, 9)
-	sealedByOther, err := other.Seal([]byte(plain), pub(t, r.xkey))
+	sealedByOther, err := other.Seal([]byte(plain), testsupport.PublicKey(t, r.xkey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,7 @@ func TestEncryptionRules(t *testing.T) {
 		"plaintext with an empty header": {[]byte(plain), nats.Header{"Nats-Server-Xkey": []string{""}}},
 		// Sealed by another curve key, which the header names: it opens, but the server that
 		// signed the request named its own key.
-		"header differs from the signed xkey": {sealedByOther, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}},
+		"header differs from the signed xkey": {sealedByOther, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(t, other)}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			before := r.count(callout.ResultDropped, callout.ReasonEncryption)
@@ -379,7 +379,7 @@ func TestEncryptionRules(t *testing.T) {
 
 	// Without an xkey, a sealed request is a mismatch too, and plaintext is answered.
 	r = newRig(t, rigOptions{})
-	if _, d := r.h.Handle(context.Background(), sealedByOther, nats.Header{"Nats-Server-Xkey": []string{pub(t, other)}}); d.Reason != callout.ReasonEncryption {
+	if _, d := r.h.Handle(context.Background(), sealedByOther, nats.Header{"Nats-Server-Xkey": []string{testsupport.PublicKey(t, other)}}); d.Reason != callout.ReasonEncryption {
 		t.Errorf("sealed request without an xkey: %s (%s: %v), want dropped as %s", d.Result, d.Reason, d.Err, callout.ReasonEncryption)
 	}
 	if reply, d := r.h.Handle(context.Background(), []byte(plain), nil); d.Result != callout.ResultAllowed || reply == nil {
@@ -469,7 +469,7 @@ func TestRequestValuesAreClippedInTheLog(t *testing.T) {
 		"audience":  func(rc *natsjwt.AuthorizationRequestClaims) { rc.Audience = huge },
 		"server name, unknown issuer": func(rc *natsjwt.AuthorizationRequestClaims) {
 			rc.Server.Name, rc.ClientInformation.Host = huge, huge
-			rc.Subject = pub(t, fixedKey(t, nkeys.PrefixByteAccount, 8))
+			rc.Subject = testsupport.PublicKey(t, fixedKey(t, nkeys.PrefixByteAccount, 8))
 		},
 		"server name, allowed with warnings": func(rc *natsjwt.AuthorizationRequestClaims) { rc.Server.Name, rc.ClientInformation.Host = huge, huge },
 	} {
@@ -499,7 +499,7 @@ func TestUnknownIssuersAreBounded(t *testing.T) {
 	send := func(n int) {
 		for range n {
 			rc := r.claims()
-			rc.Subject = pub(t, newAccount(t))
+			rc.Subject = testsupport.PublicKey(t, newAccount(t))
 			data, hdr := r.request(rc)
 			if _, d := r.h.Handle(context.Background(), data, hdr); d.Reason != callout.ReasonUnknownIssuer {
 				t.Fatalf("got %s (%s: %v), want %s", d.Result, d.Reason, d.Err, callout.ReasonUnknownIssuer)
@@ -534,8 +534,8 @@ func TestUnknownIssuersAreBounded(t *testing.T) {
 func TestPlaintextServerRefusedBySidecarWithXKey(t *testing.T) {
 	w := newWorld(t)
 	k := newKeys(t, true)
-	srv := startNATS(t, natsConf{issuer: pub(t, k.issuer), serviceKeys: []string{pub(t, k.service)}, authTimeout: 1})
-	xk, err := callout.ParseXKey(seed(t, k.xkey))
+	srv := startNATS(t, natsConf{issuer: testsupport.PublicKey(t, k.issuer), serviceKeys: []string{testsupport.PublicKey(t, k.service)}, authTimeout: 1})
+	xk, err := callout.ParseXKey(testsupport.Seed(t, k.xkey))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 )
 
 func TestParseSecretManifest(t *testing.T) {
@@ -49,9 +51,9 @@ func TestParseSecretManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrong := strings.Replace(stringData, strings.TrimSpace(data[installer.SecretKeyIssuer]), string(seed(t, userKP)), 1)
+	wrong := strings.Replace(stringData, strings.TrimSpace(data[installer.SecretKeyIssuer]), string(testsupport.Seed(t, userKP)), 1)
 	_, _, _, err = installer.ParseSecretManifest([]byte(wrong))
-	if err == nil || !strings.Contains(err.Error(), "issuer.nk") || strings.Contains(err.Error(), string(seed(t, userKP))) {
+	if err == nil || !strings.Contains(err.Error(), "issuer.nk") || strings.Contains(err.Error(), string(testsupport.Seed(t, userKP))) {
 		t.Errorf("issuer.nk with a user seed: %v", err)
 	}
 	missing := strings.Replace(stringData, "  xkey.nk:", "  other:", 1)

@@ -29,7 +29,7 @@ func newPublicKey(t *testing.T, create func() (nkeys.KeyPair, error)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pub(t, kp)
+	return testsupport.PublicKey(t, kp)
 }
 
 func newValidServerConfig(t *testing.T) installer.ServerConfig {
@@ -48,7 +48,7 @@ func TestServerConfigValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	accountSeed := string(seed(t, accountKP))
+	accountSeed := string(testsupport.Seed(t, accountKP))
 
 	tests := []struct {
 		name   string
@@ -247,9 +247,9 @@ func TestServerConfigRunsCallout(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newValidServerConfig(t)
-	c.ServiceUser, c.XKey = pub(t, svcKP), pub(t, xkp)
+	c.ServiceUser, c.XKey = testsupport.PublicKey(t, svcKP), testsupport.PublicKey(t, xkp)
 	c.JetStream = true
-	c.BypassUsers = []installer.BypassUser{{Account: "NACK", Nkey: pub(t, nackKP)}}
+	c.BypassUsers = []installer.BypassUser{{Account: "NACK", Nkey: testsupport.PublicKey(t, nackKP)}}
 	text, err := c.NATSConfig()
 	if err != nil {
 		t.Fatal(err)

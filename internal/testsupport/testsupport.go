@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -120,4 +121,24 @@ func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) 
 		}
 	}
 	return sum
+}
+
+// PublicKey returns kp's public key.
+func PublicKey(t testing.TB, kp nkeys.KeyPair) string {
+	t.Helper()
+	p, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Seed returns kp's seed.
+func Seed(t testing.TB, kp nkeys.KeyPair) []byte {
+	t.Helper()
+	s, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
