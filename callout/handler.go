@@ -263,7 +263,7 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	uc.Name = id.Username()
 	uc.Audience = h.cfg.Account
 	uc.IssuerAccount = issuerAccount
-	uc.Tags.Add("namespace:"+id.Namespace, "serviceaccount:"+id.Name)
+	uc.Tags.Add(id.Tags()...)
 	exp := id.Expiry
 	if h.cfg.MaxTTL > 0 {
 		if capped := h.cfg.Now().Add(h.cfg.MaxTTL); capped.Before(exp) {

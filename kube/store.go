@@ -39,6 +39,9 @@ type StoreConfig struct {
 	// Registerer receives nats_callout_serviceaccounts and nats_callout_informer_synced.
 	// Nil leaves the metrics unregistered.
 	Registerer prometheus.Registerer
+	// OnRevocation, if set, is told when a ServiceAccount's live connections lose their grant
+	// (deleted, recreated, or its annotations narrowed). Nil: nobody is told.
+	OnRevocation RevocationSink
 }
 
 // ServiceAccount is what the service reads of a ServiceAccount: its metadata (name, namespace,
