@@ -12,6 +12,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	natsjwt "github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -591,5 +592,38 @@ func TestDecisionLogNamesPod(t *testing.T) {
 		if pod, ok := d["pod"]; pod != c.wantPod || (c.wantPod == nil && ok) {
 			t.Errorf("%s: pod = %v (present %v), want %v", c.name, pod, ok, c.wantPod)
 		}
+	}
+}
+
+// TestConnectionNamesIdentity checks that nats-server knows a callout user by the identity its
+// user JWT names: connz's authorized_user is the ServiceAccount, its uid and the bound pod.
+func TestConnectionNamesIdentity(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	_, sa := e.serviceAccount("team-a", "orders", nil)
+	claims := e.issuer.Claims(sa.Namespace, sa.Name, string(sa.UID), []string{audience}, time.Hour)
+	claims.Kubernetes.Pod = &kube.ObjectRef{Name: "orders-7d9f-x2k4q", UID: "pod-uid-1"}
+	token, err := e.issuer.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, _, err := e.connect(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	connz, err := e.server.Connz(&server.ConnzOptions{CID: cid, Username: true})
+	if err != nil || len(connz.Conns) != 1 {
+		t.Fatalf("connz of cid %d: %v, %+v", cid, err, connz)
+	}
+	want := "system:serviceaccount:team-a:orders uid=" + string(sa.UID) + " pod=orders-7d9f-x2k4q pod-uid=pod-uid-1"
+	if got := connz.Conns[0].AuthorizedUser; got != want {
+		t.Errorf("authorized_user = %q, want %q", got, want)
+	}
+	if id, ok := kube.ParseConnectionName(connz.Conns[0].AuthorizedUser); !ok || id.PodUID != "pod-uid-1" || id.UID != string(sa.UID) {
+		t.Errorf("ParseConnectionName(%q) = %+v, %v", connz.Conns[0].AuthorizedUser, id, ok)
 	}
 }

@@ -260,7 +260,7 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 // them would get the account's defaults, often everything.
 func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, signer nkeys.KeyPair, issuerAccount string) (string, error) {
 	uc := jwt.NewUserClaims(userNkey)
-	uc.Name = id.Username()
+	uc.Name = id.ConnectionName()
 	uc.Audience = h.cfg.Account
 	uc.IssuerAccount = issuerAccount
 	uc.Tags.Add(id.Tags()...)

@@ -68,6 +68,7 @@ type Store struct {
 	lastOutageLog atomic.Int64
 	started       atomic.Bool
 	policies      policyMemo
+	onRevocation  RevocationSink
 }
 
 // NewStore builds the informers (without starting them: see Run) and validates the config.
@@ -97,9 +98,10 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 	}
 	factory := promauto.With(cfg.Registerer)
 	s := &Store{
-		informers: make(map[string]cache.SharedIndexInformer),
-		defaults:  cfg.Defaults,
-		log:       logger,
+		informers:    make(map[string]cache.SharedIndexInformer),
+		defaults:     cfg.Defaults,
+		log:          logger,
+		onRevocation: cfg.OnRevocation,
 		count: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_serviceaccounts",
 			Help: "ServiceAccounts in the informer cache.",
@@ -159,8 +161,11 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { s.count.Inc() },
 		UpdateFunc: func(old, cur any) {
-			if o, ok := old.(*ServiceAccount); ok && o.ResourceVersion != resourceVersion(cur) {
+			o, ok1 := old.(*ServiceAccount)
+			c, ok2 := cur.(*ServiceAccount)
+			if ok1 && ok2 && o.ResourceVersion != c.ResourceVersion {
 				s.policies.forget(o.UID)
+				s.revokeUpdated(o, c)
 			}
 		},
 		DeleteFunc: func(obj any) {
@@ -170,6 +175,7 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 			}
 			if o, ok := obj.(*ServiceAccount); ok {
 				s.policies.forget(o.UID)
+				s.revokeDeleted(o)
 			}
 		},
 	})
@@ -332,11 +338,4 @@ func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *Serv
 		return nil, nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
 	}
 	return inf, sa, nil
-}
-
-func resourceVersion(obj any) string {
-	if sa, ok := obj.(*ServiceAccount); ok {
-		return sa.ResourceVersion
-	}
-	return ""
 }
