@@ -148,10 +148,18 @@ func (s *Service) handlers(sess *session) []nats.Option {
 
 // loginOptions are how the session logs in (nkey, or user JWT in operator mode) and its TLS.
 func (s *Service) loginOptions(sess *session, creds *Credentials) ([]nats.Option, error) {
-	var opts []nats.Option
 	if creds != nil {
 		sess.pub = creds.PublicKey()
-		if s.cfg.UseJWT {
+	}
+	return LoginOptions(creds, s.cfg.UseJWT, s.cfg.TLS)
+}
+
+// LoginOptions are the nats.go options that log in with creds (its nkey, or with useJWT its user
+// JWT; nil: no login of its own) over TLS as t says (nil: plain).
+func LoginOptions(creds *Credentials, useJWT bool, t *TLSFiles) ([]nats.Option, error) {
+	var opts []nats.Option
+	if creds != nil {
+		if useJWT {
 			if creds.JWT() == "" {
 				return nil, errors.New("callout: operator mode needs a .creds file with a user JWT, not a bare seed")
 			}
@@ -160,7 +168,7 @@ func (s *Service) loginOptions(sess *session, creds *Credentials) ([]nats.Option
 			opts = append(opts, nats.Nkey(creds.PublicKey(), creds.Sign))
 		}
 	}
-	if t := s.cfg.TLS; t != nil {
+	if t != nil {
 		// Secure first: RootCAs and ClientCert keep the tls.Config they find.
 		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}))
 		if t.CAFile != "" {

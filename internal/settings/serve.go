@@ -30,6 +30,7 @@ const DefaultMaxTTL = time.Hour
 type Serve struct {
 	NATSURL               string
 	CredsFile             string
+	SystemCredsFile       string
 	SigningKeyFile        string
 	Account               string
 	XKeyFile              string
@@ -124,6 +125,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 	s := []*Setting{
 		String(&c.NATSURL, "NATS_URL", "nats-url", "nats://127.0.0.1:4222", "nats-server URL; may carry user:password").doc("the sidecar's own nats-server; may carry `user:password`"),
 		String(&c.CredsFile, "NATS_CREDS_FILE", "nats-creds-file", "", "the service's own NATS login: a .creds file or a user nkey seed file").optional().doc("the service's login: a user nkey seed (`SU...`) or a `.creds` file. In server-config mode it logs in with the **nkey** from it (the server lists it as `nkey: U...`). Required unless `NATS_URL` carries `user:password`"),
+		String(&c.SystemCredsFile, "NATS_SYSTEM_CREDS_FILE", "nats-system-creds-file", "", "a user of the system account (server-config mode: its nkey seed; operator mode: its .creds file); turns live revocation on").optional().doc("a user of the **system account**: its nkey seed (`SU...`) in server-config mode, its `.creds` file in operator mode. Turns on live revocation: connections whose grant no longer holds are closed (see [docs/revocation.md](revocation.md)). Unset: a grant lasts as long as its user JWT"),
 		String(&c.SigningKeyFile, "NATS_SIGNING_KEY_FILE", "nats-signing-key-file", "", "issuer account seed(s) (SA...) that sign responses and user JWTs (required)").defaultDoc("(required)").doc("the issuer **account** seed(s) (`SA...`, one per line) named by `auth_callout.issuer`; signs responses and user JWTs"),
 		String(&c.Account, "NATS_ACCOUNT", "nats-account", "", "target account users are placed in (required)").defaultDoc("(required)").doc("account users are placed in (user JWT audience), e.g. `APP`; never the system account"),
 		String(&c.XKeyFile, "NATS_XKEY_FILE", "nats-xkey-file", "", "curve seed (SX...) for encrypted callouts; must match auth_callout.xkey").optional().doc("curve seed (`SX...`) whose public key is `auth_callout.xkey`: encrypted callouts"),

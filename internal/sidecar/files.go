@@ -18,6 +18,8 @@ type files struct {
 	signingKeys func() *callout.KeyRing
 	xkey        func() *callout.XKey
 	creds       func() *callout.Credentials
+	// systemCreds is the system account user of live revocation; nil when it is off.
+	systemCreds func() *callout.Credentials
 	// Operator mode only.
 	targetKeys func() *callout.KeyRing
 	calloutJWT func() *jwt.AccountClaims
@@ -33,13 +35,18 @@ type changes struct {
 	signal chan struct{}
 	// creds is set when the service's own NATS login changed (the connection must rotate).
 	creds atomic.Bool
+	// system is set when the system account login of live revocation changed.
+	system atomic.Bool
 }
 
 func newChanges() *changes { return &changes{signal: make(chan struct{}, 1)} }
 
-func (c *changes) note(creds bool) {
-	if creds {
+func (c *changes) note(file string) {
+	switch file {
+	case "creds":
 		c.creds.Store(true)
+	case "system_creds":
+		c.system.Store(true)
 	}
 	select {
 	case c.signal <- struct{}{}:
@@ -64,6 +71,13 @@ func loadFiles(c settings.Serve, w *reload.Watcher, log *slog.Logger) (*files, e
 	if f.creds, err = mount(w, f.changes, "NATS_CREDS_FILE", "creds", c.CredsFile, callout.ParseCredentials,
 		func(cr *callout.Credentials) { log.Info("NATS credentials reloaded", "user", cr) }); err != nil {
 		return nil, err
+	}
+	if f.systemCreds, err = mount(w, f.changes, "NATS_SYSTEM_CREDS_FILE", "system_creds", c.SystemCredsFile, callout.ParseCredentials,
+		func(cr *callout.Credentials) { log.Info("system account credentials reloaded", "user", cr) }); err != nil {
+		return nil, err
+	}
+	if c.SystemCredsFile != "" && c.Operator() && f.systemCreds().JWT() == "" {
+		return nil, fmt.Errorf("NATS_SYSTEM_CREDS_FILE: operator mode needs the system account user's .creds file (user JWT and seed), not a bare seed")
 	}
 	f.calloutJWT, f.targetJWT = none[*jwt.AccountClaims], none[*jwt.AccountClaims]
 	if c.Operator() {
@@ -99,14 +113,14 @@ func (f *files) loadOperatorFiles(c settings.Serve, w *reload.Watcher, log *slog
 
 // mount registers the file of a setting with the watcher and returns its current value; a
 // setting left empty reads as the zero value. Each reloaded value is logged by logReload and
-// noted for the run loop (the creds file as a credential change).
+// noted for the run loop by its name.
 func mount[T any](w *reload.Watcher, ch *changes, setting, name, path string, parse func([]byte) (T, error), logReload func(T)) (func() T, error) {
 	if path == "" {
 		return none[T], nil
 	}
 	f, err := reload.Add(w, name, path, parse, func(v T) {
 		logReload(v)
-		ch.note(name == "creds")
+		ch.note(name)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", setting, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/revoke"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
@@ -26,11 +27,12 @@ type readiness struct {
 	checks   []check
 	handler  *callout.Handler
 	operator *operatorCheck
+	revoker  *revoke.Revoker
 }
 
 func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
-	h *callout.Handler, op *operatorCheck) readiness {
-	return readiness{handler: h, operator: op, checks: []check{
+	h *callout.Handler, op *operatorCheck, rv *revoke.Revoker) readiness {
+	return readiness{handler: h, operator: op, revoker: rv, checks: []check{
 		{"informer", func() error {
 			if !store.HasSynced() {
 				return errors.New("ServiceAccount informer has not synced")
@@ -72,6 +74,12 @@ func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	}
 	if err := r.operator.Err(); err != nil {
 		fmt.Fprintf(&b, "[!] operator_setup: %v\n", err)
+	}
+	if r.revoker != nil {
+		// Logins work without it; only live revocation waits for it.
+		if err := r.revoker.Err(); err != nil {
+			fmt.Fprintf(&b, "[!] revocation: %v\n", err)
+		}
 	}
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/metadata"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/revoke"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/settings"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/reload"
@@ -67,6 +68,7 @@ type sidecar struct {
 	files   *files
 	store   *kube.Store
 	svc     *callout.Service
+	revoker *revoke.Revoker // nil: live revocation is off
 	op      *operatorCheck
 	srv     *http.Server
 	ln      net.Listener
@@ -99,8 +101,15 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 		}
 		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys}
 	}
+	var onRevocation kube.RevocationSink
+	if s.revoker, err = newRevoker(c, s.files, log, reg); err != nil {
+		return nil, err
+	} else if s.revoker != nil {
+		onRevocation = s.revoker.Notify
+	}
 	if s.store, err = kube.NewStore(d.Client, kube.StoreConfig{
 		Namespaces: c.Policy.WatchedNamespaces(), Defaults: c.Policy.Defaults(), Logger: log, Registerer: reg,
+		OnRevocation: onRevocation,
 	}); err != nil {
 		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
@@ -125,7 +134,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
+	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op, s.revoker)
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
@@ -147,7 +156,10 @@ func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 		defer close(svcDone)
 		return s.svc.Run(ctx)
 	})
-	g.Go(func() error { return react(ctx, s.files.changes, s.svc, s.op) })
+	if s.revoker != nil {
+		g.Go(func() error { return s.revoker.Run(ctx) })
+	}
+	g.Go(func() error { return react(ctx, s.files.changes, s.svc, s.revoker, s.op) })
 	g.Go(func() error {
 		if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("HTTP server: %w", err)
@@ -165,8 +177,9 @@ func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 }
 
 // react applies file changes to the running service: new NATS credentials rotate the
-// connection, and in operator mode every change re-runs the setup check.
-func react(ctx context.Context, ch *changes, svc *callout.Service, op *operatorCheck) error {
+// connection (the system account user's, live revocation's), and in operator mode every change
+// re-runs the setup check.
+func react(ctx context.Context, ch *changes, svc *callout.Service, rv *revoke.Revoker, op *operatorCheck) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -175,6 +188,9 @@ func react(ctx context.Context, ch *changes, svc *callout.Service, op *operatorC
 		}
 		if ch.creds.Swap(false) {
 			svc.Rotate()
+		}
+		if ch.system.Swap(false) && rv != nil {
+			rv.Rotate()
 		}
 		op.recheck()
 	}
@@ -187,4 +203,17 @@ func tokenCacheSize(n int) int {
 		return -1
 	}
 	return n
+}
+
+// newRevoker builds live revocation when NATS_SYSTEM_CREDS_FILE is set. Without it a grant lasts
+// as long as its user JWT, which start-up says once.
+func newRevoker(c settings.Serve, f *files, log *slog.Logger, reg prometheus.Registerer) (*revoke.Revoker, error) {
+	if c.SystemCredsFile == "" {
+		log.Warn("live revocation is off (NATS_SYSTEM_CREDS_FILE is not set): a connection keeps its grant until its user JWT expires, "+
+			"after the token's own expiry or USER_JWT_MAX_TTL, whichever is sooner", "user_jwt_max_ttl", c.MaxTTL.String())
+		return nil, nil
+	}
+	return revoke.New(revoke.Config{
+		URL: c.NATSURL, Credentials: f.systemCreds, UseJWT: c.Operator(), TLS: c.TLS(), Logger: log, Registerer: reg,
+	})
 }
