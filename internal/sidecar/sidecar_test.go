@@ -37,6 +37,7 @@ type pod struct {
 	dir      string
 	server   *server.Server
 	users    [2]nkeys.KeyPair // service users the server knows; the sidecar starts as users[0]
+	system   nkeys.KeyPair    // a user of the system account (NATS_SYSTEM_CREDS_FILE)
 	issuer   *kubefake.TokenIssuer
 	cluster  *kubefake.MemoryCluster
 	settings settings.Serve
@@ -82,11 +83,14 @@ func newPod(t *testing.T) *pod {
 	}
 	account, accountPub := newKey(t, nkeys.CreateAccount)
 	xkey, xkeyPub := newKey(t, nkeys.CreateCurveKeys)
+	var systemPub string
+	p.system, systemPub = newKey(t, nkeys.CreateUser)
 	conf := fmt.Sprintf(`listen: "127.0.0.1:-1"
-accounts { AUTH: { users: [ { nkey: %q }, { nkey: %q } ] }, APP: {}, SYS: {} }
+server_name: pod-0
+accounts { AUTH: { users: [ { nkey: %q }, { nkey: %q } ] }, APP: {}, SYS: { users: [ { nkey: %q } ] } }
 system_account: SYS
-authorization { auth_callout { issuer: %q, auth_users: [ %q, %q ], account: AUTH, xkey: %q } }
-`, userPubs[0], userPubs[1], accountPub, userPubs[0], userPubs[1], xkeyPub)
+authorization { auth_callout { issuer: %q, auth_users: [ %q, %q, %q ], account: AUTH, xkey: %q } }
+`, userPubs[0], userPubs[1], systemPub, accountPub, userPubs[0], userPubs[1], systemPub, xkeyPub)
 	p.server, _ = testsupport.StartNATS(t, conf)
 
 	var err error
@@ -263,6 +267,7 @@ func TestRunStopsOnBadFiles(t *testing.T) {
 		{"missing signing key", func(c *settings.Serve, dir string) { c.SigningKeyFile = filepath.Join(dir, "none") }, "NATS_SIGNING_KEY_FILE"},
 		{"creds not a seed", func(c *settings.Serve, _ string) { c.CredsFile = c.SigningKeyFile }, "NATS_CREDS_FILE"},
 		{"xkey not a curve key", func(c *settings.Serve, _ string) { c.XKeyFile = c.SigningKeyFile }, "NATS_XKEY_FILE"},
+		{"system creds not a user", func(c *settings.Serve, _ string) { c.SystemCredsFile = c.SigningKeyFile }, "NATS_SYSTEM_CREDS_FILE"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPod(t)
@@ -273,4 +278,97 @@ func TestRunStopsOnBadFiles(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunRevokes checks live revocation through the whole sidecar: a ServiceAccount change in
+// the cluster closes the connections it took the grant from, the client reconnects with the
+// token it holds and gets the grant as it now reads, or a refusal.
+func TestRunRevokes(t *testing.T) {
+	p := newPod(t)
+	p.settings.SystemCredsFile = p.writeSeed("system.nk", p.system)
+	pub := "nats.io/allowed-pub-subjects"
+	tok := p.token("team-a", "app", map[string]string{pub: "orders.new,orders.paid"})
+	other := p.token("team-a", "web", nil)
+	p.run()
+	testsupport.WaitFor(t, "/readyz without a revocation warning", 10*time.Second, func() bool {
+		code, body := p.get("/readyz")
+		return code == 200 && !strings.Contains(body, "revocation")
+	})
+
+	errs := make(chan error, 16)
+	reconnects := make(chan struct{}, 16)
+	nc, err := nats.Connect(p.settings.NATSURL, nats.Token(tok), nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1),
+		nats.ReconnectHandler(func(*nats.Conn) { reconnects <- struct{}{} }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	neighbour, err := nats.Connect(p.settings.NATSURL, nats.Token(other), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer neighbour.Close()
+
+	// A grant removed: the connection is closed, and back with the narrowed grant.
+	sa, err := p.cluster.Get(context.Background(), "team-a", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa.Annotations = map[string]string{pub: "orders.new"}
+	if _, err := p.cluster.Update(context.Background(), sa); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reconnects:
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not closed within 5s of the grant's narrowing")
+	}
+	for _, subj := range []string{"orders.new", "orders.paid"} {
+		if err := nc.Publish(subj, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), `Publish to "orders.paid"`) {
+			t.Errorf("violation %v, want one for orders.paid", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the reconnected client still holds the removed grant")
+	}
+
+	// The ServiceAccount deleted: closed, and refused from then on.
+	if err := p.cluster.Delete(context.Background(), "team-a", "app"); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "connection closed and not back", 5*time.Second, func() bool { return !nc.IsConnected() })
+	if !neighbour.IsConnected() {
+		t.Error("a neighbour ServiceAccount's connection was closed")
+	}
+	_, metrics := p.get("/metrics")
+	for _, want := range []string{
+		`nats_callout_revocations_total{reason="grant_narrowed"} 1`,
+		`nats_callout_revocations_total{reason="serviceaccount_deleted"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if logs := p.logs.String(); !strings.Contains(logs, `"msg":"connection revoked","reason":"grant_narrowed","namespace":"team-a","serviceaccount":"app"`) {
+		t.Errorf("no decision-log line for the revoked connection:\n%s", logs)
+	}
+}
+
+// TestRunWithoutRevocation checks that without NATS_SYSTEM_CREDS_FILE start-up says how long a
+// grant outlives a change.
+func TestRunWithoutRevocation(t *testing.T) {
+	p := newPod(t)
+	p.run()
+	testsupport.WaitFor(t, "the start-up warning", 10*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), "live revocation is off (NATS_SYSTEM_CREDS_FILE is not set)")
+	})
 }
