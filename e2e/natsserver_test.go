@@ -28,9 +28,12 @@ type natsConf struct {
 	// nkey here ahead of time, since auth_users cannot be reloaded.
 	authUsers []string
 	xkey      string // auth_callout.xkey (X...), optional
-	static    *staticUser
-	cluster   *clusterConf
-	tls       *tlsConf
+	// systemUser, if set, is a user nkey (U...) of the system account, for live revocation;
+	// it bypasses the callout like the service users.
+	systemUser string
+	static     *staticUser
+	cluster    *clusterConf
+	tls        *tlsConf
 }
 
 // tlsConf is the client port's tls block.
@@ -79,7 +82,12 @@ func (c natsConf) render() string {
 		fmt.Fprintf(&b, "  %s: { users: [ { user: %q, password: %q } ] }\n", c.static.account, c.static.user, c.static.password)
 		authUsers = append(authUsers, c.static.user)
 	}
-	b.WriteString("  SYS: {}\n}\n")
+	if c.systemUser != "" {
+		fmt.Fprintf(&b, "  SYS: { users: [ { nkey: %q } ] }\n}\n", c.systemUser)
+		authUsers = append(authUsers, c.systemUser)
+	} else {
+		b.WriteString("  SYS: {}\n}\n")
+	}
 	b.WriteString("system_account: SYS\n")
 	b.WriteString("authorization {\n  auth_callout {\n")
 	fmt.Fprintf(&b, "    issuer: %q\n", c.issuer)

@@ -29,6 +29,7 @@ const (
 	keyService = "service.nk" // the service's own login: user nkey seed (SU...)
 	keyIssuer  = "issuer.nk"  // auth_callout.issuer account seed(s) (SA...)
 	keyXKey    = "xkey.nk"    // auth_callout.xkey curve seed (SX...)
+	keySystem  = "system.nk"  // a system account user's seed (SU...): live revocation
 )
 
 func newSecretVolume(t *testing.T, dir string, files map[string][]byte) *secretVolume {
