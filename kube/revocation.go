@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"maps"
 	"strings"
 )
 
@@ -142,7 +141,7 @@ func (r Revocation) Matches(c Identity) bool {
 // revokeUpdated reports what an update of a ServiceAccount takes from its live connections: a
 // new uid (deleted and recreated between two watch events), a deletion under way, or
 // annotations that now grant less (see narrowed). An update that only adds takes nothing.
-func (s *Store) revokeUpdated(old, cur *ServiceAccount) {
+func (s *Store) revokeUpdated(old, cur *cachedServiceAccount) {
 	if s.onRevocation == nil {
 		return
 	}
@@ -152,7 +151,7 @@ func (s *Store) revokeUpdated(old, cur *ServiceAccount) {
 		r.Reason = RevokeServiceAccountRecreated
 	case old.DeletionTimestamp == nil && cur.DeletionTimestamp != nil:
 		r.Reason = RevokeServiceAccountDeleted
-	case cur.DeletionTimestamp == nil && !maps.Equal(old.Annotations, cur.Annotations) &&
+	case cur.DeletionTimestamp == nil && !old.sameAnnotations(cur) &&
 		s.narrowed(old, cur):
 		r.Reason = RevokeGrantNarrowed
 	default:
@@ -162,7 +161,7 @@ func (s *Store) revokeUpdated(old, cur *ServiceAccount) {
 }
 
 // revokeDeleted reports a deleted ServiceAccount.
-func (s *Store) revokeDeleted(sa *ServiceAccount) {
+func (s *Store) revokeDeleted(sa *cachedServiceAccount) {
 	if s.onRevocation != nil && sa.DeletionTimestamp == nil {
 		// (One being deleted was reported when its deletion began.)
 		s.onRevocation(Revocation{Reason: RevokeServiceAccountDeleted, Namespace: sa.Namespace, Name: sa.Name, UID: string(sa.UID)})
@@ -174,12 +173,12 @@ func (s *Store) revokeDeleted(sa *ServiceAccount) {
 // are compared as written: rewording a grant (a.b.* in place of a.b.c) counts as narrowing, so
 // the connections log in again and get the grant as it now reads. Each side is parsed within
 // the annotation bounds, so this costs what a login's policy costs.
-func (s *Store) narrowed(old, cur *ServiceAccount) bool {
-	was, err := ParsePolicy(s.defaults, old.Namespace, old.Name, old.Annotations)
+func (s *Store) narrowed(old, cur *cachedServiceAccount) bool {
+	was, err := ParsePolicy(s.defaults, old.Namespace, old.Name, old.annotationMap())
 	if err != nil {
 		return false // it refused every login: no connection holds a grant from it
 	}
-	now, err := ParsePolicy(s.defaults, cur.Namespace, cur.Name, cur.Annotations)
+	now, err := ParsePolicy(s.defaults, cur.Namespace, cur.Name, cur.annotationMap())
 	if err != nil {
 		return true
 	}

@@ -161,8 +161,8 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { s.count.Inc() },
 		UpdateFunc: func(old, cur any) {
-			o, ok1 := old.(*ServiceAccount)
-			c, ok2 := cur.(*ServiceAccount)
+			o, ok1 := old.(*cachedServiceAccount)
+			c, ok2 := cur.(*cachedServiceAccount)
 			if ok1 && ok2 && o.ResourceVersion != c.ResourceVersion {
 				s.policies.forget(o.UID)
 				s.revokeUpdated(o, c)
@@ -173,7 +173,7 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
-			if o, ok := obj.(*ServiceAccount); ok {
+			if o, ok := obj.(*cachedServiceAccount); ok {
 				s.policies.forget(o.UID)
 				s.revokeDeleted(o)
 			}
@@ -235,19 +235,6 @@ func (s *Store) watchError(ns string) cache.WatchErrorHandlerWithContext {
 	}
 }
 
-// trimServiceAccount drops what the store never reads to keep the cache small. It copies
-// rather than mutates: the object may still be referenced by whoever decoded it.
-func trimServiceAccount(obj any) (any, error) {
-	sa, ok := obj.(*ServiceAccount)
-	if !ok {
-		return obj, nil
-	}
-	trimmed := *sa
-	trimmed.ManagedFields = nil
-	trimmed.OwnerReferences = nil
-	return &trimmed, nil
-}
-
 // Run starts the informers, waits for their caches to sync, and blocks until ctx is done; then
 // it stops them and waits for their goroutines. It returns nil after a normal shutdown and may
 // be called once.
@@ -268,6 +255,12 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// WaitSynced blocks until every informer has completed its initial list (true) or ctx is done
+// (false).
+func (s *Store) WaitSynced(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), s.synced...)
 }
 
 // HasSynced reports whether every informer has completed its initial list.
@@ -301,7 +294,7 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 	if p, ok, err := s.policies.get(sa); ok {
 		return p, err
 	}
-	p, err := ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.Annotations)
+	p, err := ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.annotationMap())
 	// Remembered only while sa is still the cached version, checked under the memo's lock: the
 	// informer updates its cache before it tells the handlers that forget, so a version replaced
 	// meanwhile is either not stored or forgotten right after.
@@ -314,7 +307,7 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 
 // lookup finds a ServiceAccount in the cache, and the informer that holds it. The object is
 // shared with the informer: read only.
-func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *ServiceAccount, error) {
+func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *cachedServiceAccount, error) {
 	inf, ok := s.informers[metav1.NamespaceAll]
 	if !ok {
 		if inf, ok = s.informers[namespace]; !ok {
@@ -333,7 +326,7 @@ func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *Serv
 	case !exists:
 		return nil, nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
 	}
-	sa, ok := obj.(*ServiceAccount)
+	sa, ok := obj.(*cachedServiceAccount)
 	if !ok {
 		return nil, nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
 	}

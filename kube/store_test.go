@@ -504,3 +504,27 @@ func BenchmarkStorePolicy(b *testing.B) {
 		}
 	}
 }
+
+// TestStoreKeepsWhatDecisionsRead checks the cache's trimmed entries through the store: a
+// ServiceAccount's non-nats.io annotations and labels change nothing a decision sees, and its
+// nats.io annotations all reach the policy (unknown ones as warnings).
+func TestStoreKeepsWhatDecisionsRead(t *testing.T) {
+	sa := serviceAccount("shop", "api", "uid-1", map[string]string{
+		kube.AnnotationAllowedPub: "orders.new",
+		"nats.io/colour":          "blue",
+		"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 10000),
+	})
+	sa.Labels = map[string]string{"team": "a"}
+	cluster := memoryCluster(t, sa)
+	s, _ := startStore(t, cluster, kube.StoreConfig{})
+	p, err := s.Policy(kube.Identity{Namespace: "shop", Name: "api", UID: "uid-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(p.Permissions.PubAllow, "orders.new") {
+		t.Errorf("pub allow %v lacks the annotation's orders.new", p.Permissions.PubAllow)
+	}
+	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "nats.io/colour") {
+		t.Errorf("warnings %q, want one for the unknown nats.io/colour", p.Warnings)
+	}
+}

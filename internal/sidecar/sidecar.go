@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -147,11 +149,38 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	return s, nil
 }
 
+// startupGCPercent is the garbage collector's GOGC until the informer cache has synced.
+const startupGCPercent = 25
+
+// startupGC prepares for the initial list, the largest allocation of the sidecar's life: every
+// ServiceAccount is decoded whole before the cache keeps its trimmed entry, and almost all of it
+// is garbage at once. The garbage collector runs more often until then (unless GOGC is set),
+// and the returned function, called once the cache has synced, restores it and gives what the
+// list used back to the system rather than leaving it to the scavenger. At 50,000
+// ServiceAccounts this keeps the peak at 56 MiB resident instead of 72 (docs/performance.md).
+func startupGC() (restore func()) {
+	if os.Getenv("GOGC") != "" {
+		return debug.FreeOSMemory
+	}
+	previous := debug.SetGCPercent(startupGCPercent)
+	return func() {
+		debug.SetGCPercent(previous)
+		debug.FreeOSMemory()
+	}
+}
+
 // start runs every part in g until ctx is done.
 func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	svcDone := make(chan struct{})
 	g.Go(func() error { return s.watcher.Run(ctx) })
+	restoreGC := startupGC()
 	g.Go(func() error { return s.store.Run(ctx) })
+	g.Go(func() error {
+		if s.store.WaitSynced(ctx) {
+			restoreGC()
+		}
+		return nil
+	})
 	g.Go(func() error {
 		defer close(svcDone)
 		return s.svc.Run(ctx)

@@ -1,0 +1,183 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// TestScale measures a sidecar with ten ServiceAccounts, then fills the real API server with
+// many more (three annotations and a label each, spread over namespaces) and measures a new
+// sidecar the same way, and prints both: the time from start to ready, its resident memory (the
+// peak, once ready, after logins) and the latency of logins by the same ten ServiceAccounts.
+//
+//	make scale        (E2E_SCALE_SERVICEACCOUNTS=50000 scripts/e2e.sh -run '^TestScale$')
+//
+// In the regular suite it runs small (1,000 ServiceAccounts) and checks only that every login
+// succeeds; figures come from the printed table, never from assertions.
+func TestScale(t *testing.T) {
+	n := envInt(t, "E2E_SCALE_SERVICEACCOUNTS", 1000)
+	logins := envInt(t, "E2E_SCALE_LOGINS", 200)
+	d := &deployment{dir: testDir(t)}
+	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
+	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}}
+	d.vol = newSecretVolume(t, d.dir+"/secret", map[string][]byte{
+		keyService: seedFile(t, d.keys.service), keyIssuer: seedFile(t, d.keys.issuer),
+	})
+	d.nats = startNATS(t, d.dir, "nats", d.conf)
+	url := d.nats.url()
+
+	// The ServiceAccounts logins use: ten, in a namespace of their own.
+	prefix := fmt.Sprintf("scale-%d", time.Now().UnixNano()%100000)
+	small := newNamespace(t, prefix+"-logins")
+	tokens := make([]string, 10)
+	for i := range tokens {
+		newServiceAccount(t, small, fmt.Sprintf("app-%d", i), map[string]string{"nats.io/allowed-pub-subjects": "shared.events"})
+		tokens[i] = token(t, small, fmt.Sprintf("app-%d", i))
+	}
+	rows := []string{scaleRun(t, d, url, tokens, logins)}
+
+	// One namespace per 500 ServiceAccounts, at least 2 and at most 100.
+	spaces := min(max(n/500, 2), 100)
+	created := fillServiceAccounts(t, prefix, spaces, n)
+	t.Logf("%d ServiceAccounts in %d namespaces created in %v", n, spaces, created.Round(time.Second))
+	rows = append(rows, scaleRun(t, d, url, tokens, logins))
+
+	table := fmt.Sprintf("scale: the sidecar with the login namespace's 10 ServiceAccounts, then with %d more (3 annotations, 1 label each) in %d namespaces\n"+
+		"| ServiceAccounts cached | start to ready | RSS peak | RSS ready | RSS after %d logins | Go heap in use | login p50 | login p99 |\n"+
+		"|---|---|---|---|---|---|---|---|\n%s\n", n, spaces, logins, strings.Join(rows, "\n"))
+	t.Log("\n" + table)
+	fmt.Print(table)
+}
+
+// scaleRun starts a sidecar, measures it through start-up and logins, stops it, and returns
+// its row of TestScale's table.
+func scaleRun(t *testing.T, d *deployment, url string, tokens []string, logins int) string {
+	t.Helper()
+	start := time.Now()
+	svc := startService(t, d.dir, fmt.Sprintf("callout-scale-%d", time.Now().UnixNano()), url, d.vol, serviceOpts{env: []string{"LOG_LEVEL=info"}})
+	ready := time.Since(start)
+	time.Sleep(time.Second) // the start-up spike returned to the system
+	rssReady := procMemory(t, svc.p.pid(), "VmRSS")
+	connectWhenKnown(t, url, tokens[0]).Close()
+	lat := scaleLogins(t, url, tokens, logins)
+	rssAfter, peak := procMemory(t, svc.p.pid(), "VmRSS"), procMemory(t, svc.p.pid(), "VmHWM")
+	m := svc.metrics(t)
+	cached := m.sum("nats_callout_serviceaccounts")
+	if code := svc.p.stop(t); code != 0 {
+		t.Errorf("the sidecar exited with %d on SIGTERM", code)
+	}
+	return fmt.Sprintf("| %.0f | %v | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %v | %v |",
+		cached, ready.Round(10*time.Millisecond), peak, rssReady, rssAfter, m.sum("go_memstats_heap_inuse_bytes")/(1<<20),
+		lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*99/100].Round(10*time.Microsecond))
+}
+
+// fillServiceAccounts creates n ServiceAccounts named app-I over namespaces PREFIX-0..spaces-1,
+// many at a time, and deletes the namespaces when the test ends.
+func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Duration {
+	t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", suite.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.QPS, rc.Burst = 5000, 5000
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range spaces {
+		ns := fmt.Sprintf("%s-%d", prefix, i)
+		if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	}
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
+				sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+					Name: fmt.Sprintf("app-%d", i/spaces), Namespace: ns,
+					Labels: map[string]string{"app.kubernetes.io/part-of": "scale"},
+					Annotations: map[string]string{
+						"nats.io/allowed-pub-subjects": fmt.Sprintf("%s.orders.%d,shared.events", ns, i),
+						"nats.io/allowed-sub-subjects": fmt.Sprintf("%s.replies.%d", ns, i),
+						"nats.io/allow-responses":      "true",
+					},
+				}}
+				if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("create ServiceAccounts: %v", err)
+	}
+	return time.Since(start)
+}
+
+// scaleLogins makes n sequential logins and returns their latencies, sorted.
+func scaleLogins(t *testing.T, url string, tokens []string, n int) []time.Duration {
+	t.Helper()
+	lat := make([]time.Duration, n)
+	for i := range n {
+		t0 := time.Now()
+		nc, err := nats.Connect(url, nats.Token(tokens[i%len(tokens)]), nats.NoReconnect(), nats.Timeout(5*time.Second))
+		lat[i] = time.Since(t0)
+		if err != nil {
+			t.Fatalf("login %d: %v", i, err)
+		}
+		nc.Close()
+	}
+	slices.Sort(lat)
+	return lat
+}
+
+// procMemory is a memory figure of the process in MiB from /proc/PID/status: VmRSS (resident
+// now) or VmHWM (the most it has been resident).
+func procMemory(t *testing.T, pid int, field string) float64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("memory of %d: %v", pid, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err != nil {
+				t.Fatalf("%s %q: %v", field, rest, err)
+			}
+			return kb / 1024
+		}
+	}
+	t.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
+}
