@@ -321,7 +321,7 @@ func envOf(c corev1.Container) (map[string]string, map[string]string) {
 // knownEnv are the variables the service reads (main.go), plus the Go runtime's.
 var knownEnv = []string{
 	"NATS_URL", "NATS_CREDS_FILE", "NATS_SIGNING_KEY_FILE", "NATS_ACCOUNT", "NATS_XKEY_FILE",
-	"K8S_IN_CLUSTER", "KUBECONFIG", "JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "LOG_LEVEL",
+	"NATS_SYSTEM_CREDS_FILE", "K8S_IN_CLUSTER", "KUBECONFIG", "JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "LOG_LEVEL",
 	"LOG_FORMAT", "HTTP_ADDR", "WATCH_NAMESPACES", "USER_JWT_MAX_TTL", "CALLOUT_WORKERS",
 	"CALLOUT_REQUEST_TIMEOUT", "DEFAULT_PUB_SUBJECTS", "DEFAULT_SUB_SUBJECTS",
 	"JWKS_REFRESH_INTERVAL", "GOMEMLIMIT",
@@ -337,10 +337,11 @@ func checkSidecar(t *testing.T, sts appsv1.StatefulSet, secretName string) {
 	}
 	env, _ := envOf(sc)
 	for name, want := range map[string]string{
-		"NATS_CREDS_FILE":       filepath.Join(installer.SecretMountDir, installer.SecretKeyService),
-		"NATS_SIGNING_KEY_FILE": filepath.Join(installer.SecretMountDir, installer.SecretKeyIssuer),
-		"NATS_XKEY_FILE":        filepath.Join(installer.SecretMountDir, installer.SecretKeyXKey),
-		"NATS_ACCOUNT":          installer.DefaultTargetAccount,
+		"NATS_CREDS_FILE":        filepath.Join(installer.SecretMountDir, installer.SecretKeyService),
+		"NATS_SIGNING_KEY_FILE":  filepath.Join(installer.SecretMountDir, installer.SecretKeyIssuer),
+		"NATS_XKEY_FILE":         filepath.Join(installer.SecretMountDir, installer.SecretKeyXKey),
+		"NATS_SYSTEM_CREDS_FILE": filepath.Join(installer.SecretMountDir, installer.SecretKeySystem),
+		"NATS_ACCOUNT":           installer.DefaultTargetAccount,
 	} {
 		if env[name] != want {
 			t.Errorf("env %s = %q, want %q", name, env[name], want)
@@ -677,7 +678,7 @@ func TestHelmValuesInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	env, _ := envOf(sts.Spec.Template.Spec.Containers[2])
-	for _, v := range []string{"NATS_CREDS_FILE", "NATS_SIGNING_KEY_FILE", "NATS_XKEY_FILE"} {
+	for _, v := range []string{"NATS_CREDS_FILE", "NATS_SIGNING_KEY_FILE", "NATS_XKEY_FILE", "NATS_SYSTEM_CREDS_FILE"} {
 		if _, ok := get(secret, "data", filepath.Base(env[v])).(string); !ok || filepath.Dir(env[v]) != installer.SecretMountDir {
 			t.Errorf("%s=%s is not a key of the Secret mounted at %s", v, env[v], installer.SecretMountDir)
 		}

@@ -22,7 +22,8 @@ func InitTable(c *Init) settings.Table {
 		Usage: "Usage: nats-k8s-oidc-callout init [flags]\n\n" +
 			"Generates the service's keys and writes the Secret manifest, the matching nats-server\n" +
 			"configuration and Helm values into a directory. Re-running it against an existing Secret\n" +
-			"is refused unless an issuer rotation is asked for.\n\n",
+			"is refused unless an issuer rotation is asked for, or the Secret lacks the system account\n" +
+			"user of live revocation (it is added; no other key changes).\n\n",
 		NoEnv: true,
 		Settings: []*settings.Setting{
 			settings.String(&c.Out, "", "out", "nats-callout", "output directory (secret.yaml is written with mode 0600)"),

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nkeys"
@@ -87,6 +88,9 @@ type InstallFiles struct {
 	Namespace, SecretName string
 	// Rotated is set when the issuer key was rotated, Finished when a rotation was finished.
 	Rotated, Finished bool
+	// AddedSystemUser is set when an existing Secret got the system account user it lacked
+	// (written before live revocation); nothing else changed.
+	AddedSystemUser bool
 	// OldIssuers are issuer keys kept in the Secret next to Config.Issuer during a rotation.
 	OldIssuers []string
 
@@ -162,15 +166,25 @@ func existingSeeds(opts *InstallOptions, out *InstallFiles) (Seeds, error) {
 		if err != nil {
 			return Seeds{}, err
 		}
-		seeds = Seeds{Service: existing.Service, Issuers: [][]byte{fresh, existing.Issuers[0]}, XKey: existing.XKey}
+		seeds = Seeds{Service: existing.Service, Issuers: [][]byte{fresh, existing.Issuers[0]}, XKey: existing.XKey, System: existing.System}
 		out.Rotated = true
 	case opts.FinishRotation && len(existing.Issuers) == 1:
 		return Seeds{}, fmt.Errorf("%w: %s holds only issuer %s", ErrNoRotation, SecretKeyIssuer, current)
 	case opts.FinishRotation:
-		seeds = Seeds{Service: existing.Service, Issuers: existing.Issuers[:1], XKey: existing.XKey}
+		seeds = Seeds{Service: existing.Service, Issuers: existing.Issuers[:1], XKey: existing.XKey, System: existing.System}
 		out.Finished = true
+	case existing.System == nil:
+		// Written before live revocation: adding its user replaces no key.
+		seeds = existing
+		out.AddedSystemUser = true
 	default:
 		return Seeds{}, fmt.Errorf("%w (issuer %s): keys are never replaced silently; rotate the issuer key deliberately (--rotate) or write to another directory", ErrSecretExists, current)
+	}
+	if seeds.System == nil {
+		if seeds.System, err = newSystemSeed(); err != nil {
+			return Seeds{}, err
+		}
+		out.AddedSystemUser = true
 	}
 	sum := sha256.Sum256(opts.ExistingSecret)
 	out.replaces = &sum
@@ -187,8 +201,10 @@ func render(opts InstallOptions, seeds Seeds, out InstallFiles) (InstallFiles, e
 	out.Config = ServerConfig{
 		ServiceUser: pub.service, Issuer: pub.issuers[0], XKey: pub.xkey,
 		CalloutAccount: opts.CalloutAccount, TargetAccounts: opts.TargetAccounts, SystemAccount: opts.SystemAccount,
-		JetStream: opts.JetStream, BypassUsers: opts.BypassUsers,
+		JetStream: opts.JetStream, BypassUsers: slices.Clone(opts.BypassUsers),
 	}.withDefaults()
+	// Live revocation's user: in the system account, and past the callout like the others.
+	out.Config.BypassUsers = append(out.Config.BypassUsers, BypassUser{Account: out.Config.SystemAccount, Nkey: pub.system})
 	out.OldIssuers = pub.issuers[1:]
 	out.Namespace, out.SecretName = opts.Namespace, opts.SecretName
 
@@ -260,6 +276,9 @@ func (f InstallFiles) NextSteps(dir string) string {
 	fmt.Fprintf(&b, "Wrote %s (private keys, mode 0600), %s and %s.\n",
 		secret, filepath.Join(dir, f.ServerConfig.Name), values)
 	fmt.Fprintf(&b, "  service user  %s\n  issuer        %s\n  xkey          %s\n", c.ServiceUser, c.Issuer, c.XKey)
+	if sys := c.BypassUsers[len(c.BypassUsers)-1]; sys.Account == c.SystemAccount {
+		fmt.Fprintf(&b, "  system user   %s (live revocation)\n", sys.Nkey)
+	}
 	for _, old := range f.OldIssuers {
 		fmt.Fprintf(&b, "  old issuer    %s (kept until the rotation is finished)\n", old)
 	}
@@ -283,6 +302,10 @@ func (f InstallFiles) NextSteps(dir string) string {
 			apply, upgrade, f.Namespace)
 	case f.Finished:
 		fmt.Fprintf(&b, "Issuer rotation, step 2 of 2: once every NATS pod runs with issuer %s,\n  %s\n", c.Issuer, apply)
+	case f.AddedSystemUser:
+		fmt.Fprintf(&b, "Added a system account user for live revocation (%s in the Secret); every other key is kept.\n"+
+			"  1. %s\n  2. %s\n  3. kubectl rollout restart statefulset/nats -n %s (nats-server cannot reload auth_users)\n",
+			SecretKeySystem, apply, upgrade, f.Namespace)
 	default:
 		fmt.Fprintf(&b, "Next:\n  1. %s\n  2. %s\n", apply, upgrade)
 	}

@@ -153,10 +153,15 @@ func TestGenerateInstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	system, err := callout.ParseCredentials([]byte(data[installer.SecretKeySystem]))
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := summarizeCallout(t, processConfigText(t, first.ServerConfig.Name, first.ServerConfig.Data))
 	want := parsedCallout{
 		Issuer: ring.PublicKeys()[0], Account: "AUTH", XKey: xkey.PublicKey(), System: "SYS",
-		AuthUsers: []string{creds.PublicKey()}, Users: map[string]string{creds.PublicKey(): "AUTH"},
+		AuthUsers: []string{creds.PublicKey(), system.PublicKey()},
+		Users:     map[string]string{creds.PublicKey(): "AUTH", system.PublicKey(): "SYS"},
 		Accounts: []string{"APP", "AUTH", "SYS"},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -375,5 +380,51 @@ func TestInstallFilesWriteDir(t *testing.T) {
 	}
 	if steps := first.NextSteps(dir); !strings.Contains(steps, "kubectl apply --server-side -f "+secretPath) {
 		t.Errorf("install next steps:\n%s", steps)
+	}
+}
+
+// TestGenerateInstallAddsSystemUser checks that init run again with a Secret written before
+// live revocation adds the system account user and keeps every other key, and that a Secret
+// that has one is refused as before.
+func TestGenerateInstallAddsSystemUser(t *testing.T) {
+	first, err := installer.GenerateInstall(installer.InstallOptions{Namespace: "nats"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, seeds, err := installer.ParseSecretManifest(first.Secret.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds.System = nil
+	old, err := installer.SecretManifest("nats", installer.DefaultSecretName, seeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(old), installer.SecretKeySystem) {
+		t.Fatalf("a Secret without a system user still names %s", installer.SecretKeySystem)
+	}
+	again, err := installer.GenerateInstall(installer.InstallOptions{ExistingSecret: old})
+	if err != nil {
+		t.Fatalf("init with a Secret that lacks the system user: %v", err)
+	}
+	before, after := decodeSecretData(t, old), decodeSecretData(t, again.Secret.Data)
+	for _, k := range []string{installer.SecretKeyService, installer.SecretKeyIssuer, installer.SecretKeyXKey} {
+		if before[k] != after[k] {
+			t.Errorf("%s changed", k)
+		}
+	}
+	system, err := callout.ParseCredentials([]byte(after[installer.SecretKeySystem]))
+	if err != nil {
+		t.Fatalf("%s: %v", installer.SecretKeySystem, err)
+	}
+	if !again.AddedSystemUser || !strings.Contains(again.NextSteps("out"), "Added a system account user for live revocation") {
+		t.Errorf("AddedSystemUser %v; next steps:\n%s", again.AddedSystemUser, again.NextSteps("out"))
+	}
+	got := summarizeCallout(t, processConfigText(t, again.ServerConfig.Name, again.ServerConfig.Data))
+	if got.Users[system.PublicKey()] != "SYS" || !slices.Contains(got.AuthUsers, system.PublicKey()) {
+		t.Errorf("server config %+v lacks the system user %s in SYS and auth_users", got, system.PublicKey())
+	}
+	if _, err := installer.GenerateInstall(installer.InstallOptions{ExistingSecret: again.Secret.Data}); !errors.Is(err, installer.ErrSecretExists) {
+		t.Errorf("init with a complete Secret: %v, want %v", err, installer.ErrSecretExists)
 	}
 }

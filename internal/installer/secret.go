@@ -29,6 +29,9 @@ const (
 	SecretKeyIssuer = "issuer.nk"
 	// SecretKeyXKey holds the curve seed (NATS_XKEY_FILE).
 	SecretKeyXKey = "xkey.nk"
+	// SecretKeySystem holds the seed of a system account user (NATS_SYSTEM_CREDS_FILE), which
+	// live revocation logs in as.
+	SecretKeySystem = "system.nk"
 )
 
 // Seeds are the private keys the service's Secret holds.
@@ -40,6 +43,9 @@ type Seeds struct {
 	Issuers [][]byte
 	// XKey is the curve seed (SX...) callout requests are sealed to.
 	XKey []byte
+	// System is the user seed (SU...) of the system account user live revocation logs in as.
+	// A Secret written before live revocation has none (nil).
+	System []byte
 }
 
 // seedPublic is the public side of Seeds, checked key type by key type.
@@ -47,6 +53,7 @@ type seedPublic struct {
 	service string
 	issuers []string
 	xkey    string
+	system  string // "" without a system user
 }
 
 func (s Seeds) public() (seedPublic, error) {
@@ -71,6 +78,15 @@ func (s Seeds) public() (seedPublic, error) {
 		return p, fmt.Errorf("%s: %w", SecretKeyXKey, err)
 	}
 	p.xkey = x.PublicKey()
+	if s.System != nil {
+		sys, err := callout.ParseCredentials(s.System)
+		if err != nil {
+			return p, fmt.Errorf("%s: %w", SecretKeySystem, err)
+		}
+		if p.system = sys.PublicKey(); p.system == p.service {
+			return p, fmt.Errorf("%s: the system account user must not be the service's own user", SecretKeySystem)
+		}
+	}
 	return p, nil
 }
 
@@ -80,7 +96,8 @@ func (s Seeds) LogValue() slog.Value {
 	if err != nil {
 		return slog.StringValue("invalid seeds")
 	}
-	return slog.GroupValue(slog.String("service", p.service), slog.Any("issuers", p.issuers), slog.String("xkey", p.xkey))
+	return slog.GroupValue(slog.String("service", p.service), slog.Any("issuers", p.issuers), slog.String("xkey", p.xkey),
+		slog.String("system", p.system))
 }
 
 // SecretManifest renders a Kubernetes Secret manifest (YAML, base64 data) holding seeds under
@@ -110,12 +127,18 @@ func SecretManifest(namespace, name string, s Seeds) ([]byte, error) {
 	fmt.Fprintf(&b, "#   %-10s user seed of %s (NATS_CREDS_FILE)\n", SecretKeyService, p.service)
 	fmt.Fprintf(&b, "#   %-10s account seed(s) of %s (NATS_SIGNING_KEY_FILE; the first is auth_callout.issuer)\n", SecretKeyIssuer, strings.Join(p.issuers, ", "))
 	fmt.Fprintf(&b, "#   %-10s curve seed of %s (NATS_XKEY_FILE)\n", SecretKeyXKey, p.xkey)
+	if p.system != "" {
+		fmt.Fprintf(&b, "#   %-10s user seed of %s, a system account user (NATS_SYSTEM_CREDS_FILE: live revocation)\n", SecretKeySystem, p.system)
+	}
 	b.WriteString("apiVersion: v1\nkind: Secret\nmetadata:\n")
 	fmt.Fprintf(&b, "  name: %s\n  namespace: %s\n", name, namespace)
 	b.WriteString("  labels:\n    app.kubernetes.io/name: nats-k8s-oidc-callout\n    app.kubernetes.io/component: auth-callout\n")
 	b.WriteString("type: Opaque\ndata:\n")
 	fmt.Fprintf(&b, "  %s: %s\n", SecretKeyIssuer, b64(issuers))
 	fmt.Fprintf(&b, "  %s: %s\n", SecretKeyService, b64(line(s.Service)))
+	if p.system != "" {
+		fmt.Fprintf(&b, "  %s: %s\n", SecretKeySystem, b64(line(s.System)))
+	}
 	fmt.Fprintf(&b, "  %s: %s\n", SecretKeyXKey, b64(line(s.XKey)))
 	return []byte(b.String()), nil
 }
@@ -163,6 +186,10 @@ func ParseSecretManifest(data []byte) (namespace, name string, s Seeds, err erro
 	if s.XKey, err = get(SecretKeyXKey); err != nil {
 		return "", "", Seeds{}, err
 	}
+	if _, err := get(SecretKeySystem); err == nil {
+		s.System, _ = get(SecretKeySystem)
+		s.System = bytes.TrimSpace(s.System)
+	}
 	s.Service, s.XKey = bytes.TrimSpace(s.Service), bytes.TrimSpace(s.XKey)
 	if _, err := s.public(); err != nil {
 		return "", "", Seeds{}, fmt.Errorf("secret %s/%s: %w", sec.Namespace, sec.Name, err)
@@ -170,13 +197,13 @@ func ParseSecretManifest(data []byte) (namespace, name string, s Seeds, err erro
 	return sec.Namespace, sec.Name, s, nil
 }
 
-// newSeeds generates a service user, an issuer account key and an xkey.
+// newSeeds generates a service user, an issuer account key, an xkey and a system account user.
 func newSeeds() (Seeds, error) {
 	var s Seeds
 	for _, k := range []struct {
 		create func() (nkeys.KeyPair, error)
 		dst    *[]byte
-	}{{nkeys.CreateUser, &s.Service}, {nkeys.CreateCurveKeys, &s.XKey}} {
+	}{{nkeys.CreateUser, &s.Service}, {nkeys.CreateCurveKeys, &s.XKey}, {nkeys.CreateUser, &s.System}} {
 		kp, err := k.create()
 		if err != nil {
 			return s, err
@@ -195,4 +222,13 @@ func newSeeds() (Seeds, error) {
 	}
 	s.Issuers = [][]byte{issuer}
 	return s, nil
+}
+
+// newSystemSeed generates the seed of a system account user.
+func newSystemSeed() ([]byte, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	return kp.Seed()
 }

@@ -23,7 +23,7 @@ func TestParseSecretManifest(t *testing.T) {
 	fromCluster := "apiVersion: v1\nkind: Secret\nmetadata:\n  name: nats-callout\n  namespace: nats\n" +
 		"  resourceVersion: \"42\"\n  uid: 0e7f5c3a-2d0e-4a57-9b0e-0123456789ab\n  creationTimestamp: \"2026-01-02T03:04:05Z\"\ntype: Opaque\ndata:\n"
 	stringData := "apiVersion: v1\nkind: Secret\nmetadata:\n  name: nats-callout\n  namespace: nats\nstringData:\n"
-	for _, k := range []string{installer.SecretKeyIssuer, installer.SecretKeyService, installer.SecretKeyXKey} {
+	for _, k := range []string{installer.SecretKeyIssuer, installer.SecretKeyService, installer.SecretKeySystem, installer.SecretKeyXKey} {
 		fromCluster += "  " + k + ": " + base64.StdEncoding.EncodeToString([]byte(data[k])) + "\n"
 		stringData += "  " + k + ": |\n    " + strings.TrimSpace(data[k]) + "\n"
 	}
