@@ -160,7 +160,7 @@ func TestGenerateInstall(t *testing.T) {
 	got := summarizeCallout(t, processConfigText(t, first.ServerConfig.Name, first.ServerConfig.Data))
 	want := parsedCallout{
 		Issuer: ring.PublicKeys()[0], Account: "AUTH", XKey: xkey.PublicKey(), System: "SYS",
-		AuthUsers: []string{creds.PublicKey(), system.PublicKey()},
+		AuthUsers: slices.Sorted(slices.Values([]string{creds.PublicKey(), system.PublicKey()})),
 		Users:     map[string]string{creds.PublicKey(): "AUTH", system.PublicKey(): "SYS"},
 		Accounts: []string{"APP", "AUTH", "SYS"},
 	}
