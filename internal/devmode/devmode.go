@@ -158,6 +158,7 @@ func (in *instance) settle() error {
 	s.NATSURL = in.nats.url
 	s.CredsFile = in.nats.keys.serviceFile
 	s.SigningKeyFile = in.nats.keys.issuerFile
+	s.SystemCredsFile = in.nats.keys.systemFile
 	s.Account = targetAccount
 	if in.c.XKey {
 		s.XKeyFile = in.nats.keys.xkeyFile

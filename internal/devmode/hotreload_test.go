@@ -58,8 +58,14 @@ metadata:
 		return d.delivered(t, "team", "a", "other", "b", "other.news")
 	})
 
-	// Remove other/b: its token is refused from then on.
+	// Remove other/b and team/a's grant: other/b's token is refused from then on, and the
+	// connection team/a holds is closed (live revocation), because it no longer holds.
+	held, _, err := d.connect(t, "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeManifest(t, mdir, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n  namespace: team\n")
+	testsupport.WaitFor(t, "team/a's connection closed by live revocation", 10*time.Second, held.IsClosed)
 	testsupport.WaitFor(t, "other/b to be refused", 10*time.Second, func() bool {
 		_, _, err := d.connect(t, "other", "b")
 		return errors.Is(err, nats.ErrAuthorization)

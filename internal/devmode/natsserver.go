@@ -29,8 +29,8 @@ type natsInstance struct {
 
 // keyFiles are the files holding the keys dev mode generates; their seeds are never printed.
 type keyFiles struct {
-	serviceFile, issuerFile, xkeyFile string
-	config                            installer.ServerConfig
+	serviceFile, issuerFile, xkeyFile, systemFile string
+	config                                        installer.ServerConfig
 }
 
 // prepareNATS generates the keys and writes dir/nats.conf (the callout config a user would
@@ -55,7 +55,8 @@ func prepareNATS(dir string, port int, xkey bool) (natsInstance, error) {
 	return n, nil
 }
 
-// newKeys generates the service user, the issuer account and (if xkey) the curve key, and
+// newKeys generates the service user, the issuer account, a system account user (live
+// revocation) and (if xkey) the curve key, and
 // writes their seeds to dir with mode 0600, where the service reads them as it reads mounted
 // Secrets.
 func newKeys(dir string, xkey bool) (keyFiles, error) {
@@ -66,9 +67,12 @@ func newKeys(dir string, xkey bool) (keyFiles, error) {
 		public *string
 		name   string
 	}
+	// Live revocation's user: in the system account, past the callout.
+	k.config.BypassUsers = []installer.BypassUser{{Account: installer.DefaultSystemAccount}}
 	gens := []gen{
 		{nkeys.CreateUser, &k.serviceFile, &k.config.ServiceUser, "service.nk"},
 		{nkeys.CreateAccount, &k.issuerFile, &k.config.Issuer, "issuer.nk"},
+		{nkeys.CreateUser, &k.systemFile, &k.config.BypassUsers[0].Nkey, "system.nk"},
 	}
 	if xkey {
 		gens = append(gens, gen{nkeys.CreateCurveKeys, &k.xkeyFile, &k.config.XKey, "xkey.nk"})
