@@ -162,7 +162,7 @@ func TestGenerateInstall(t *testing.T) {
 		Issuer: ring.PublicKeys()[0], Account: "AUTH", XKey: xkey.PublicKey(), System: "SYS",
 		AuthUsers: slices.Sorted(slices.Values([]string{creds.PublicKey(), system.PublicKey()})),
 		Users:     map[string]string{creds.PublicKey(): "AUTH", system.PublicKey(): "SYS"},
-		Accounts: []string{"APP", "AUTH", "SYS"},
+		Accounts:  []string{"APP", "AUTH", "SYS"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("server config does not match the Secret:\n got %+v\nwant %+v", got, want)

@@ -42,6 +42,7 @@ type pod struct {
 	cluster  *kubefake.MemoryCluster
 	settings settings.Serve
 	deps     sidecar.Deps
+	confText string // the nats-server config
 	logs     *testsupport.LogBuffer
 	http     string
 }
@@ -92,6 +93,7 @@ system_account: SYS
 authorization { auth_callout { issuer: %q, auth_users: [ %q, %q, %q ], account: AUTH, xkey: %q } }
 `, userPubs[0], userPubs[1], systemPub, accountPub, userPubs[0], userPubs[1], systemPub, xkeyPub)
 	p.server, _ = testsupport.StartNATS(t, conf)
+	p.confText = conf
 
 	var err error
 	if p.issuer, err = kubefake.NewECDSATokenIssuer(issuerURL); err != nil {
@@ -371,4 +373,46 @@ func TestRunWithoutRevocation(t *testing.T) {
 	testsupport.WaitFor(t, "the start-up warning", 10*time.Second, func() bool {
 		return strings.Contains(p.logs.String(), "live revocation is off (NATS_SYSTEM_CREDS_FILE is not set)")
 	})
+}
+
+// TestRunRotatesSystemCredentials swaps the mounted system account user the way the kubelet
+// does: live revocation logs in again as the new user, and keeps working.
+func TestRunRotatesSystemCredentials(t *testing.T) {
+	p := newPod(t)
+	second, secondPub := newKey(t, nkeys.CreateUser)
+	// The server knows both system users from the start, as after a config roll.
+	p.server.Shutdown()
+	conf := strings.Replace(p.confText, `SYS: { users: [ {`, fmt.Sprintf(`SYS: { users: [ { nkey: %q }, {`, secondPub), 1)
+	conf = strings.Replace(conf, "auth_users: [ ", fmt.Sprintf("auth_users: [ %q, ", secondPub), 1)
+	p.server, _ = testsupport.StartNATS(t, conf)
+	p.settings.NATSURL = p.server.ClientURL()
+	p.settings.SystemCredsFile = p.writeSeed("system.nk", p.system)
+	p.run()
+	first, _ := p.system.PublicKey()
+	systemUser := func() string {
+		connz, err := p.server.Connz(&server.ConnzOptions{Account: "SYS", Username: true})
+		if err != nil || len(connz.Conns) != 1 {
+			return ""
+		}
+		return connz.Conns[0].AuthorizedUser
+	}
+	testsupport.WaitFor(t, "revocation logged in as the first system user", 10*time.Second, func() bool { return systemUser() == first })
+
+	p.writeSeed("system.nk", second)
+	testsupport.WaitFor(t, "revocation logged in as the second system user only", 20*time.Second, func() bool { return systemUser() == secondPub })
+	if !strings.Contains(p.logs.String(), "system account credentials reloaded") {
+		t.Error("the reload was not logged")
+	}
+
+	// And it still revokes.
+	tok := p.token("team-a", "app", nil)
+	nc, err := nats.Connect(p.settings.NATSURL, nats.Token(tok), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := p.cluster.Delete(context.Background(), "team-a", "app"); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "connection closed after the rotation", 5*time.Second, nc.IsClosed)
 }
