@@ -32,6 +32,31 @@ type OperatorConfig struct {
 	// (required). When the target is the callout account it may hold the same key as
 	// HandlerConfig.SigningKeys.
 	TargetKeys func() *KeyRing
+	// AccountKeys, if set, returns the key ring of another target account (tenant accounts
+	// chosen by namespace labels): its own key or an unscoped signing key; nil when the service
+	// holds none for it.
+	AccountKeys func(account string) *KeyRing
+}
+
+// keysFor is the key ring that signs user JWTs placed in account; def is the default target.
+func (o *OperatorConfig) keysFor(account, def string) *KeyRing {
+	if account == def || o.AccountKeys == nil {
+		if account != def {
+			return nil
+		}
+		return o.TargetKeys()
+	}
+	return o.AccountKeys(account)
+}
+
+// HoldsKeyFor reports whether, in operator mode, the service holds a key that can sign users
+// into account; in server-config mode the issuer key signs for every account.
+func (h *Handler) HoldsKeyFor(account string) bool {
+	if h.cfg.Operator == nil {
+		return true
+	}
+	_, _, ok := h.cfg.Operator.keysFor(account, h.cfg.Account).signerFor(account)
+	return ok
 }
 
 func (o *OperatorConfig) validate(account string) error {

@@ -48,6 +48,9 @@ type Serve struct {
 	Log                   Log
 	HTTPAddr              string
 	Policy                Policy
+	Accounts              Accounts
+	TenantKeysDir         string
+	TenantJWTsDir         string
 	MaxTTL                time.Duration
 	Workers               int
 	RequestTimeout        time.Duration
@@ -136,6 +139,12 @@ func ServeTable(c *Serve, inPod bool) Table {
 		String(&c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE", "nats-callout-account-jwt-file", "", "operator mode, optional: the callout account's JWT, to check the setup at start-up").optional().doc("operator mode, optional: the callout account's JWT, which the start-up checks compare the keys with"),
 		String(&c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE", "nats-target-account-jwt-file", "", "operator mode, optional: the target account's JWT, to detect a scoped signing key at start-up").optional().doc("operator mode, optional: the target account's JWT, which the start-up checks compare the keys with (catches a scoped signing key)"),
 	}
+	s = append(s,
+		String(&c.TenantKeysDir, "NATS_TENANT_SIGNING_KEYS_DIR", "nats-tenant-signing-keys-dir", "", "operator mode: directory of <ACCOUNT PUBLIC KEY>.nk files, one signing key per tenant account of NATS_ALLOWED_ACCOUNTS").optional().
+			doc("operator mode: a directory (a mounted Secret) with one `<account public key>.nk` file per account of `NATS_ALLOWED_ACCOUNTS`: that account's key or an **unscoped** signing key, which signs the user JWTs placed there. The files are reloaded like the other key files; a file for a new account needs a restart"),
+		String(&c.TenantJWTsDir, "NATS_TENANT_ACCOUNT_JWTS_DIR", "nats-tenant-account-jwts-dir", "", "operator mode, optional: directory of <ACCOUNT PUBLIC KEY>.jwt account JWTs the tenant signing keys are checked against").optional().
+			doc("operator mode, optional: a directory with `<account public key>.jwt` account JWTs (`nsc describe account --raw`), which the start-up checks compare the tenant signing keys with"),
+	)
 	s = append(s, kubeSettings(&c.Kube, inPod)...)
 	s = append(s,
 		String(&c.JWKSURL, "JWKS_URL", "jwks-url", DefaultJWKSURL, "JWKS of the ServiceAccount token issuer; with a kubeconfig the default is its API server's /openid/v1/jwks").doc("token signing keys. Served by the API server, it is fetched with the Kubernetes client's CA and credentials (with a kubeconfig and no `JWKS_URL`, from the kubeconfig's server)"),
@@ -145,6 +154,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 	s = append(s, logSettings(&c.Log, "json")...)
 	s = append(s, String(&c.HTTPAddr, "HTTP_ADDR", "http-addr", ":8080", "address for /healthz, /readyz and /metrics").doc("`/healthz`, `/readyz`, `/metrics`"))
 	s = append(s, policySettings(&c.Policy)...)
+	s = append(s, accountSettings(&c.Accounts)...)
 	s = append(s,
 		Duration(&c.MaxTTL, "USER_JWT_MAX_TTL", "user-jwt-max-ttl", DefaultMaxTTL, "cap on user JWT lifetime, never beyond the token's expiry; 0 means the token's expiry").
 			doc("cap on the user JWT lifetime, never later than the token's `exp`: a client reconnects, and its token and ServiceAccount are checked again, at least this often. The default is Kubernetes' default projected-token lifetime; `0` means the token's `exp` alone, which for a long-lived token is years (see [Security](security.md))"),
@@ -260,7 +270,16 @@ func (c Serve) Validate() error {
 			return err
 		}
 	}
-	return c.Policy.Validate()
+	if err := c.Policy.Validate(); err != nil {
+		return err
+	}
+	_, err = c.AccountDefaults()
+	return err
+}
+
+// AccountDefaults are the validated per-account defaults (ACCOUNT_DEFAULTS).
+func (c Serve) AccountDefaults() (map[string]kube.PolicyDefaults, error) {
+	return c.Accounts.Validate(c.Account, c.Operator(), c.Policy.Defaults())
 }
 
 func (c Serve) validateMode() error {
@@ -276,8 +295,11 @@ func (c Serve) validateMode() error {
 		case c.CredsFile == "":
 			return errors.New("NATS_CREDS_FILE is required in operator mode: the .creds file of the service's user in the callout account")
 		}
-	} else if c.TargetSigningKeyFile != "" || c.CalloutAccountJWTFile != "" || c.TargetAccountJWTFile != "" {
-		return errors.New("NATS_TARGET_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT_JWT_FILE and NATS_TARGET_ACCOUNT_JWT_FILE apply to operator mode only (set NATS_MODE=operator)")
+		if len(c.Accounts.AllowedList()) > 0 && c.TenantKeysDir == "" {
+			return errors.New("NATS_TENANT_SIGNING_KEYS_DIR is required in operator mode with NATS_ALLOWED_ACCOUNTS: user JWTs placed in a tenant account are signed by a key of that account")
+		}
+	} else if c.TargetSigningKeyFile != "" || c.CalloutAccountJWTFile != "" || c.TargetAccountJWTFile != "" || c.TenantKeysDir != "" || c.TenantJWTsDir != "" {
+		return errors.New("NATS_TARGET_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT_JWT_FILE, NATS_TARGET_ACCOUNT_JWT_FILE and NATS_TENANT_* apply to operator mode only (set NATS_MODE=operator)")
 	}
 	return nil
 }
