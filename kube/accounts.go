@@ -31,12 +31,13 @@ type Accounts struct {
 	cfg AccountsConfig
 }
 
-// NewAccounts checks that neither the default nor an allowed account is reserved.
+// NewAccounts checks that no allowed account is reserved. The default account is not checked:
+// a service may place unlabelled namespaces in its callout account, as before tenant accounts.
 func NewAccounts(cfg AccountsConfig) (*Accounts, error) {
 	if cfg.Default == "" {
 		return nil, errors.New("kube: a default account is required")
 	}
-	for _, a := range append([]string{cfg.Default}, cfg.Allowed...) {
+	for _, a := range cfg.Allowed {
 		if slices.Contains(cfg.Reserved, a) {
 			return nil, fmt.Errorf("kube: account %s is the callout or the system account and can never be a target", a)
 		}

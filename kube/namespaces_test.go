@@ -159,7 +159,6 @@ func TestAccountsChoose(t *testing.T) {
 		}
 	}
 	for _, cfg := range []kube.AccountsConfig{
-		{Default: "AUTH", Reserved: []string{"AUTH"}},
 		{Default: "APP", Allowed: []string{"SYS"}, Reserved: []string{"AUTH", "SYS"}},
 		{},
 	} {

@@ -26,6 +26,8 @@ type readiness struct {
 	checks   []check
 	handler  *callout.Handler
 	operator *operatorCheck
+	// accounts, if set, warns about namespace labels the service cannot serve.
+	accounts func() error
 }
 
 func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
@@ -72,6 +74,11 @@ func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	}
 	if err := r.operator.Err(); err != nil {
 		fmt.Fprintf(&b, "[!] operator_setup: %v\n", err)
+	}
+	if r.accounts != nil {
+		if err := r.accounts(); err != nil {
+			fmt.Fprintf(&b, "[!] accounts: %v\n", err)
+		}
 	}
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)

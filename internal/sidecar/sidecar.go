@@ -42,6 +42,9 @@ type Deps struct {
 	Watcher *reload.Watcher
 	// Version and Commit label nats_callout_build_info and the start-up log line.
 	Version, Commit string
+	// OnRevocation, if set, is told when a namespace moves to another account (the namespace
+	// cache's kube.RevokeAccountMoved). Nil: nobody is told.
+	OnRevocation kube.RevocationSink
 }
 
 // Run builds the service from c and d and runs it until ctx is done or a component fails.
@@ -66,6 +69,7 @@ type sidecar struct {
 	watcher *reload.Watcher
 	files   *files
 	store   *kube.Store
+	ns      *kube.NamespaceCache
 	svc     *callout.Service
 	op      *operatorCheck
 	srv     *http.Server
@@ -94,13 +98,24 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	var operator *callout.OperatorConfig
 	if c.Operator() {
-		if s.op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return s.files.operatorSetup(c.Account) }); err != nil {
+		allowed := c.Accounts.AllowedList()
+		if s.op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return s.files.operatorSetup(c.Account, allowed) }); err != nil {
 			return nil, err
 		}
-		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys}
+		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys,
+			AccountKeys: s.files.tenants.keysFor}
+	}
+	accounts, err := s.buildAccounts(c, d)
+	if err != nil {
+		return nil, err
+	}
+	byAccount, err := c.AccountDefaults()
+	if err != nil {
+		return nil, err
 	}
 	if s.store, err = kube.NewStore(d.Client, kube.StoreConfig{
 		Namespaces: c.Policy.WatchedNamespaces(), Defaults: c.Policy.Defaults(), Logger: log, Registerer: reg,
+		Accounts: accounts, AccountDefaults: byAccount,
 	}); err != nil {
 		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
@@ -126,6 +141,15 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 		return nil, err
 	}
 	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
+	if s.ns != nil {
+		ready.checks = append(ready.checks, check{"namespaces", func() error {
+			if !s.ns.HasSynced() {
+				return errors.New("Namespace informer has not synced")
+			}
+			return nil
+		}})
+		ready.accounts = func() error { return accountWarnings(s.ns, accounts, handler) }
+	}
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
@@ -138,11 +162,37 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	return s, nil
 }
 
+// buildAccounts makes the account choice: with NATS_ALLOWED_ACCOUNTS, from the namespaces'
+// nats.io/account labels (and the namespace cache that reads them); without, NATS_ACCOUNT for all.
+func (s *sidecar) buildAccounts(c settings.Serve, d Deps) (*kube.Accounts, error) {
+	cfg := kube.AccountsConfig{Default: c.Account, Allowed: c.Accounts.AllowedList(), Reserved: c.Accounts.Reserved("")}
+	if c.Operator() {
+		cfg.Reserved = c.Accounts.Reserved(s.files.creds().Account())
+	}
+	if len(cfg.Allowed) > 0 {
+		var err error
+		if s.ns, err = kube.NewNamespaceCache(d.Client, kube.NamespaceConfig{
+			Namespaces: c.Policy.WatchedNamespaces(), DefaultAccount: c.Account, Logger: d.Log, Registerer: d.Registry, OnRevocation: d.OnRevocation,
+		}); err != nil {
+			return nil, fmt.Errorf("NATS_ALLOWED_ACCOUNTS: %w", err)
+		}
+		cfg.Labels = s.ns
+	}
+	a, err := kube.NewAccounts(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("NATS_ACCOUNT or NATS_ALLOWED_ACCOUNTS: %w", err)
+	}
+	return a, nil
+}
+
 // start runs every part in g until ctx is done.
 func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	svcDone := make(chan struct{})
 	g.Go(func() error { return s.watcher.Run(ctx) })
 	g.Go(func() error { return s.store.Run(ctx) })
+	if s.ns != nil {
+		g.Go(func() error { return s.ns.Run(ctx) })
+	}
 	g.Go(func() error {
 		defer close(svcDone)
 		return s.svc.Run(ctx)
