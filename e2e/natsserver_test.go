@@ -28,9 +28,11 @@ type natsConf struct {
 	// nkey here ahead of time, since auth_users cannot be reloaded.
 	authUsers []string
 	xkey      string // auth_callout.xkey (X...), optional
-	static    *staticUser
-	cluster   *clusterConf
-	tls       *tlsConf
+	// accounts are more (tenant) accounts next to AUTH, APP and SYS.
+	accounts []string
+	static   *staticUser
+	cluster  *clusterConf
+	tls      *tlsConf
 }
 
 // tlsConf is the client port's tls block.
@@ -75,6 +77,9 @@ func (c natsConf) render() string {
 	b.WriteString("accounts {\n")
 	fmt.Fprintf(&b, "  AUTH: { users: [ %s ] }\n", strings.Join(users, ", "))
 	b.WriteString("  APP: {}\n")
+	for _, a := range c.accounts {
+		fmt.Fprintf(&b, "  %s: {}\n", a)
+	}
 	if c.static != nil {
 		fmt.Fprintf(&b, "  %s: { users: [ { user: %q, password: %q } ] }\n", c.static.account, c.static.user, c.static.password)
 		authUsers = append(authUsers, c.static.user)
