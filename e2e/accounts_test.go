@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -181,4 +183,66 @@ func wantOnly(t *testing.T, s tenantSetup, sub, stranger, friend, tag string) {
 	if string(m.Data) != "friend" {
 		t.Errorf("%s: first message %q, want the one from the same account (another tenant's crossed over)", tag, m.Data)
 	}
+}
+
+// Scenario (operator mode, nsc): the operator guide's steps 1 and 3, then its step 7 (two
+// tenant accounts with signing keys the sidecar holds, allowed in AUTH's callout), run as
+// written; each tenant's user JWT is signed by its own account's key.
+func TestTenantAccountsOperator(t *testing.T) {
+	t.Parallel()
+	g := newGuideRun(t)
+	g.run(t, "step 1", g.doc.commands(t, 1))
+	configure, push := splitAt(t, g.doc.commands(t, 3), "# start nats-server -c nats.conf")
+	g.run(t, "step 3 (configuration)", configure)
+	url := g.startNATS(t)
+	g.run(t, "step 3 (nsc push)", push)
+	g.run(t, "step 7", g.doc.commands(t, 7))
+	// An account the server knows but the sidecar does not serve (not for the guide).
+	g.run(t, "another account", "nsc add account --name OTHER && nsc push --account OTHER")
+	g.noteSeeds(t)
+	key := func(name string) string {
+		return strings.Trim(strings.TrimSpace(g.run(t, "key of "+name, "nsc describe account --name "+name+" --field sub")), `"`)
+	}
+	teamA, teamB, app := key("TEAM_A"), key("TEAM_B"), key("APP")
+
+	read := func(dir string) map[string][]byte {
+		files := map[string][]byte{}
+		entries, err := os.ReadDir(filepath.Join(g.dir, dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(g.dir, dir, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[e.Name()] = data
+		}
+		return files
+	}
+	// Mounted as the kubelet mounts a Secret and a ConfigMap.
+	keys := newSecretVolume(t, filepath.Join(g.mount, "keys"), read("secrets"))
+	accts := newSecretVolume(t, filepath.Join(g.mount, "accounts"), read("public"))
+	tenantKeys := newSecretVolume(t, filepath.Join(g.mount, "tenants"), read("secrets/tenants"))
+	tenantJWTs := newSecretVolume(t, filepath.Join(g.mount, "tenant-accounts"), read("public/tenants"))
+	svc := g.startService(t, url, map[string]string{
+		"NATS_ACCOUNT":                  app,
+		"NATS_CREDS_FILE":               keys.path("callout.creds"),
+		"NATS_SIGNING_KEY_FILE":         keys.path("auth-signing.nk"),
+		"NATS_TARGET_SIGNING_KEY_FILE":  keys.path("app-signing.nk"),
+		"NATS_XKEY_FILE":                keys.path("xkey.nk"),
+		"NATS_CALLOUT_ACCOUNT_JWT_FILE": accts.path("auth.jwt"),
+		"NATS_TARGET_ACCOUNT_JWT_FILE":  accts.path("app.jwt"),
+		"NATS_ALLOWED_ACCOUNTS":         teamA + "," + teamB,
+		"NATS_TENANT_SIGNING_KEYS_DIR":  tenantKeys.dir,
+		"NATS_TENANT_ACCOUNT_JWTS_DIR":  tenantJWTs.dir,
+		"NATS_SYSTEM_ACCOUNT":           key("SYS"),
+		"ACCOUNT_DEFAULTS":              tenantDefaults(teamA, teamB),
+	})
+	wantSetupOK(t, svc, true)
+	d := &deployment{dir: g.base, nats: &natsServer{name: "nats-server", dir: g.dir, port: g.port, p: g.nats}, svc: svc}
+	runTenantScenario(t, tenantSetup{d: d, teamA: teamA, teamB: teamB, def: app, other: key("OTHER"), callout: key("AUTH"), system: key("SYS"), prefix: "acct-op"})
 }
