@@ -125,10 +125,10 @@ type Decision struct {
 	Account    string
 	AccountWhy string
 	UserNkey   string
-	Server   string
-	Client   string
-	Warnings []string
-	Duration time.Duration
+	Server     string
+	Client     string
+	Warnings   []string
+	Duration   time.Duration
 }
 
 // Handle decides one request. It returns the bytes to reply with, or nil when the request must
