@@ -128,7 +128,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 		String(&c.NATSURL, "NATS_URL", "nats-url", "nats://127.0.0.1:4222", "nats-server URL; may carry user:password").doc("the sidecar's own nats-server; may carry `user:password`"),
 		String(&c.CredsFile, "NATS_CREDS_FILE", "nats-creds-file", "", "the service's own NATS login: a .creds file or a user nkey seed file").optional().doc("the service's login: a user nkey seed (`SU...`) or a `.creds` file. In server-config mode it logs in with the **nkey** from it (the server lists it as `nkey: U...`). Required unless `NATS_URL` carries `user:password`"),
 		String(&c.SigningKeyFile, "NATS_SIGNING_KEY_FILE", "nats-signing-key-file", "", "issuer account seed(s) (SA...) that sign responses and user JWTs (required)").defaultDoc("(required)").doc("the issuer **account** seed(s) (`SA...`, one per line) named by `auth_callout.issuer`; signs responses and user JWTs"),
-		String(&c.Account, "NATS_ACCOUNT", "nats-account", "", "target account users are placed in (required)").defaultDoc("(required)").doc("account users are placed in (user JWT audience), e.g. `APP`; never the system account"),
+		natsAccountSetting(&c.Account),
 		String(&c.XKeyFile, "NATS_XKEY_FILE", "nats-xkey-file", "", "curve seed (SX...) for encrypted callouts; must match auth_callout.xkey").optional().doc("curve seed (`SX...`) whose public key is `auth_callout.xkey`: encrypted callouts"),
 		String(&c.TLSCAFile, "NATS_TLS_CA_FILE", "nats-tls-ca-file", "", "CA bundle (PEM) to verify nats-server's TLS certificate; setting any NATS_TLS_* turns TLS on").optional().doc("CA (PEM) of nats-server's certificate; any `NATS_TLS_*` setting turns TLS on"),
 		String(&c.TLSCertFile, "NATS_TLS_CERT_FILE", "nats-tls-cert-file", "", "client certificate (PEM) for a nats-server that verifies clients").optional().doc("client certificate (PEM), for a server with `tls { verify: true }`; needs `NATS_TLS_KEY_FILE`"),
@@ -171,6 +171,11 @@ func ServeTable(c *Serve, inPod bool) Table {
 		Usage:    "Usage: nats-k8s-oidc-callout [serve] [flags]\n\nRuns the auth callout service (the sidecar). Every flag can be set by its environment variable.\n\n",
 		Settings: s,
 	}
+}
+
+// natsAccountSetting is NATS_ACCOUNT, which serve and explain share.
+func natsAccountSetting(p *string) *Setting {
+	return String(p, "NATS_ACCOUNT", "nats-account", "", "target account users are placed in (required)").defaultDoc("(required)").doc("account users are placed in (user JWT audience), e.g. `APP`; never the system account. With `NATS_ALLOWED_ACCOUNTS`, the account of namespaces without a `nats.io/account` label")
 }
 
 // inPod reports whether the process runs in a Kubernetes pod.
