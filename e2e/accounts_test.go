@@ -43,6 +43,9 @@ func TestTenantAccountsServerConfig(t *testing.T) {
 		serviceEnv: []string{
 			"NATS_ALLOWED_ACCOUNTS=TEAM_A,TEAM_B",
 			"ACCOUNT_DEFAULTS=" + tenantDefaults("TEAM_A", "TEAM_B"),
+			// One informer per namespace, each listing its Namespace by name (the operator-mode
+			// test watches every namespace).
+			"WATCH_NAMESPACES=acct-sc-a,acct-sc-b,acct-sc-plain,acct-sc-refused-a,acct-sc-refused-b,acct-sc-refused-c",
 		},
 	})
 	runTenantScenario(t, tenantSetup{d: d, teamA: "TEAM_A", teamB: "TEAM_B", def: "APP", other: "OTHER", callout: "AUTH", system: "SYS", prefix: "acct-sc"})

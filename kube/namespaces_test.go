@@ -173,6 +173,7 @@ func TestStoreAccounts(t *testing.T) {
 		serviceAccount("team-a", "app", "uid-a", map[string]string{kube.AnnotationAllowedPub: "x.>"}),
 		serviceAccount("shared", "app", "uid-s", map[string]string{kube.AnnotationAllowedPub: "x.>"}),
 		serviceAccount("rogue", "app", "uid-r", nil),
+		serviceAccount("unseen", "app", "uid-u", nil),
 	)
 	ls := labels{"team-a": "TEAM_A", "rogue": "ELSEWHERE"}
 	accounts, err := kube.NewAccounts(kube.AccountsConfig{Default: "APP", Allowed: []string{"TEAM_A"}, Reserved: []string{"AUTH"}, Labels: ls})
@@ -202,6 +203,10 @@ func TestStoreAccounts(t *testing.T) {
 	}
 	if _, err := s.Policy(kube.Identity{Namespace: "rogue", Name: "app", UID: "uid-r"}); !errors.Is(err, kube.ErrAccountNotAllowed) {
 		t.Errorf("rogue: %v, want ErrAccountNotAllowed", err)
+	}
+	// A namespace the namespace cache has not seen is not ready, never the default account.
+	if p, err := s.Policy(kube.Identity{Namespace: "unseen", Name: "app", UID: "uid-u"}); !errors.Is(err, kube.ErrNotSynced) {
+		t.Errorf("unseen namespace: %+v, %v; want ErrNotSynced", p, err)
 	}
 	// The remembered policy is per account: a namespace moved gets its new account's defaults.
 	ls["team-a"] = "APP"
