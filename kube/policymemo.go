@@ -49,7 +49,7 @@ func (m *policyMemo) put(sa *ServiceAccount, account string, p Policy, err error
 	if m.disabled || sa.ResourceVersion == "" || sa.UID == "" {
 		return
 	}
-	e := &memoEntry{resourceVersion: sa.ResourceVersion, account: account, policy: p, err: err, cost: memoCost(sa, p, err)}
+	e := &memoEntry{resourceVersion: sa.ResourceVersion, account: account, policy: p, err: err, cost: memoCost(sa, p, err) + len(account)}
 	if e.cost > maxMemoBytes/16 {
 		return // would crowd out too many others
 	}

@@ -55,6 +55,22 @@ func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, sv
 	}}
 }
 
+// withAccounts adds, with tenant accounts (ns not nil), the Namespace cache's check and the
+// warning about namespace labels the service cannot serve.
+func (r readiness) withAccounts(ns *kube.NamespaceCache, accounts *kube.Accounts, h *callout.Handler) readiness {
+	if ns == nil {
+		return r
+	}
+	r.checks = append(r.checks, check{"namespaces", func() error {
+		if !ns.HasSynced() {
+			return errors.New("Namespace informer has not synced")
+		}
+		return nil
+	}})
+	r.accounts = func() error { return accountWarnings(ns, accounts, h) }
+	return r
+}
+
 // ServeHTTP writes one line per readiness condition and answers 503 if any fails.
 func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	var b strings.Builder

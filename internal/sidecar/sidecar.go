@@ -140,16 +140,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
-	if s.ns != nil {
-		ready.checks = append(ready.checks, check{"namespaces", func() error {
-			if !s.ns.HasSynced() {
-				return errors.New("Namespace informer has not synced")
-			}
-			return nil
-		}})
-		ready.accounts = func() error { return accountWarnings(s.ns, accounts, handler) }
-	}
+	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op).withAccounts(s.ns, accounts, handler)
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
