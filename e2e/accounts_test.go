@@ -200,13 +200,18 @@ func TestTenantAccountsOperator(t *testing.T) {
 	url := g.startNATS(t)
 	g.run(t, "step 3 (nsc push)", push)
 	g.run(t, "step 7", g.doc.commands(t, 7))
-	// An account the server knows but the sidecar does not serve (not for the guide).
-	g.run(t, "another account", "nsc add account --name OTHER && nsc push --account OTHER")
+	// Not for the guide: an account the server knows but the sidecar does not serve, and one
+	// the sidecar may place users in but holds no key for.
+	g.run(t, "other accounts", `nsc add account --name OTHER
+nsc add account --name NOKEY
+nsc edit authcallout --account AUTH --allowed-account "$(nsc describe account --name NOKEY --field sub | tr -d '"')"
+nsc describe account --name AUTH --raw > public/auth.jwt
+nsc push --all`)
 	g.noteSeeds(t)
 	key := func(name string) string {
 		return strings.Trim(strings.TrimSpace(g.run(t, "key of "+name, "nsc describe account --name "+name+" --field sub")), `"`)
 	}
-	teamA, teamB, app := key("TEAM_A"), key("TEAM_B"), key("APP")
+	teamA, teamB, app, noKey := key("TEAM_A"), key("TEAM_B"), key("APP"), key("NOKEY")
 
 	read := func(dir string) map[string][]byte {
 		files := map[string][]byte{}
@@ -239,7 +244,7 @@ func TestTenantAccountsOperator(t *testing.T) {
 		"NATS_XKEY_FILE":                keys.path("xkey.nk"),
 		"NATS_CALLOUT_ACCOUNT_JWT_FILE": accts.path("auth.jwt"),
 		"NATS_TARGET_ACCOUNT_JWT_FILE":  accts.path("app.jwt"),
-		"NATS_ALLOWED_ACCOUNTS":         teamA + "," + teamB,
+		"NATS_ALLOWED_ACCOUNTS":         teamA + "," + teamB + "," + noKey,
 		"NATS_TENANT_SIGNING_KEYS_DIR":  tenantKeys.dir,
 		"NATS_TENANT_ACCOUNT_JWTS_DIR":  tenantJWTs.dir,
 		"NATS_SYSTEM_ACCOUNT":           key("SYS"),
@@ -247,5 +252,25 @@ func TestTenantAccountsOperator(t *testing.T) {
 	})
 	wantSetupOK(t, svc, true)
 	d := &deployment{dir: g.base, nats: &natsServer{name: "nats-server", dir: g.dir, port: g.port, p: g.nats}, svc: svc}
-	runTenantScenario(t, tenantSetup{d: d, teamA: teamA, teamB: teamB, def: app, other: key("OTHER"), callout: key("AUTH"), system: key("SYS"), prefix: "acct-op"})
+	s := tenantSetup{d: d, teamA: teamA, teamB: teamB, def: app, other: key("OTHER"), callout: key("AUTH"), system: key("SYS"), prefix: "acct-op"}
+	runTenantScenario(t, s)
+
+	// An allowed account without a signing key: refused, and /readyz says why.
+	labelNamespace(t, "acct-op-nokey", noKey)
+	newServiceAccount(t, "acct-op-nokey", "app", nil)
+	tok := token(t, "acct-op-nokey", "app")
+	eventually(t, 15*time.Second, "account without a key refused", func() error {
+		nc, err := tenantClient(t, s, tok)
+		if err == nil {
+			nc.Close()
+			return errors.New("still allowed")
+		}
+		return nil
+	})
+	if got := svc.requests(t, "result", "denied", "reason", "account_key_missing", "account", noKey); got == 0 {
+		t.Errorf("no account_key_missing denial counted for %s: %s", noKey, svc.metrics(t).requestsString())
+	}
+	if _, ready, err := svc.get("/readyz"); err != nil || !strings.Contains(ready, "names an account the service holds no signing key for") {
+		t.Errorf("/readyz does not warn about the account without a key (%v):\n%s", err, ready)
+	}
 }
