@@ -3,6 +3,7 @@ package kube_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -171,7 +172,8 @@ func TestAccountsChoose(t *testing.T) {
 func TestStoreAccounts(t *testing.T) {
 	cluster := memoryCluster(t,
 		serviceAccount("team-a", "app", "uid-a", map[string]string{kube.AnnotationAllowedPub: "x.>"}),
-		serviceAccount("shared", "app", "uid-s", map[string]string{kube.AnnotationAllowedPub: "x.>"}),
+		// An annotation naming an account is not read: only the Namespace's label chooses.
+		serviceAccount("shared", "app", "uid-s", map[string]string{kube.AnnotationAllowedPub: "x.>", kube.LabelAccount: "TEAM_A"}),
 		serviceAccount("rogue", "app", "uid-r", nil),
 		serviceAccount("unseen", "app", "uid-u", nil),
 	)
@@ -198,8 +200,9 @@ func TestStoreAccounts(t *testing.T) {
 		t.Errorf("team-a subscribe = %v, want the service-wide %v (the private inbox stays)", p.Permissions.SubAllow, want)
 	}
 	p, err = s.Policy(kube.Identity{Namespace: "shared", Name: "app", UID: "uid-s"})
-	if err != nil || p.Account != "APP" || !equal(p.Permissions.PubAllow, []string{"shared.>"}) || len(p.Warnings) != 1 {
-		t.Errorf("shared: %+v, %v; want APP with x.> dropped by the service-wide limit", p, err)
+	if err != nil || p.Account != "APP" || !equal(p.Permissions.PubAllow, []string{"shared.>"}) || len(p.Warnings) != 2 ||
+		!strings.Contains(strings.Join(p.Warnings, "\n"), `unknown annotation "nats.io/account" ignored`) {
+		t.Errorf("shared: %+v, %v; want APP, x.> dropped by the service-wide limit and the account annotation ignored", p, err)
 	}
 	if _, err := s.Policy(kube.Identity{Namespace: "rogue", Name: "app", UID: "uid-r"}); !errors.Is(err, kube.ErrAccountNotAllowed) {
 		t.Errorf("rogue: %v, want ErrAccountNotAllowed", err)

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -375,5 +376,26 @@ func TestInstallFilesWriteDir(t *testing.T) {
 	}
 	if steps := first.NextSteps(dir); !strings.Contains(steps, "kubectl apply --server-side -f "+secretPath) {
 		t.Errorf("install next steps:\n%s", steps)
+	}
+}
+
+func TestGenerateInstallTenantAccounts(t *testing.T) {
+	c, err := installer.ParseInit([]string{"--namespace", "nats", "--tenant-accounts", "TEAM_A, TEAM_B"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := installer.GenerateInstall(c.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []installer.InstallFile{out.ServerConfig, out.HelmValues} {
+		for _, want := range []string{"TEAM_A", "TEAM_B", "allowed_accounts"} {
+			if !strings.Contains(string(f.Data), want) {
+				t.Errorf("%s lacks %q:\n%s", f.Name, want, f.Data)
+			}
+		}
+	}
+	if steps := out.NextSteps("dir"); !strings.Contains(steps, "NATS_ALLOWED_ACCOUNTS=TEAM_A,TEAM_B") {
+		t.Errorf("next steps do not say to set NATS_ALLOWED_ACCOUNTS:\n%s", steps)
 	}
 }
