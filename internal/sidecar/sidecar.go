@@ -148,6 +148,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 		}
 	}
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
+		"allowed_accounts", c.Accounts.AllowedList(),
 		"issuers", s.files.signingKeys(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
 		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
 	return s, nil
