@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	metadatafake "k8s.io/client-go/metadata/fake"
+	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/testsupport"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -274,4 +275,30 @@ func FuzzParseAccountDefaults(f *testing.F) {
 			}
 		}
 	})
+}
+
+// With WATCH_NAMESPACES the cache lists and watches each Namespace by name, so that RBAC can
+// name them; it learns nothing of the others.
+func TestNamespaceCacheWatchesOnlyNamed(t *testing.T) {
+	scheme := metadatafake.NewTestScheme()
+	scheme.AddKnownTypeWithName(schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}, &metav1.PartialObjectMetadata{})
+	client := metadatafake.NewSimpleMetadataClient(scheme, namespace("team-a", map[string]string{kube.LabelAccount: "TEAM_A"}), namespace("other", nil))
+	c := startNamespaces(t, client, kube.NamespaceConfig{Namespaces: []string{"team-a", "team-b", "team-a"}, DefaultAccount: "APP"})
+	got := map[string]bool{}
+	for _, a := range client.Actions() {
+		if l, ok := a.(clienttesting.ListAction); ok && l.GetResource() == kube.NamespacesResource {
+			got[l.GetListRestrictions().Fields.String()] = true
+		}
+	}
+	for _, want := range []string{"metadata.name=team-a", "metadata.name=team-b"} {
+		if !got[want] {
+			t.Errorf("no list of namespaces with field selector %s; lists: %v", want, got)
+		}
+	}
+	if len(got) != 2 {
+		t.Errorf("lists %v, want one per named namespace and none of all namespaces", got)
+	}
+	if v, ok, err := c.Label("team-a"); err != nil || !ok || v != "TEAM_A" {
+		t.Errorf("Label(team-a) = %q, %v, %v", v, ok, err)
+	}
 }
