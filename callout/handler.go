@@ -120,11 +120,15 @@ type Decision struct {
 	// Err explains a denial or drop for the log; it never contains a token or key material.
 	Err      error
 	Identity kube.Identity
-	UserNkey string
-	Server   string
-	Client   string
-	Warnings []string
-	Duration time.Duration
+	// Account is the account the user is placed in (or, for a denial after the account was
+	// chosen, would have been), and AccountWhy why; empty before the choice.
+	Account    string
+	AccountWhy string
+	UserNkey   string
+	Server     string
+	Client     string
+	Warnings   []string
+	Duration   time.Duration
 }
 
 // Handle decides one request. It returns the bytes to reply with, or nil when the request must
@@ -229,6 +233,10 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		return "", ReasonDeadline, err
 	}
 	pol, err := h.cfg.Policies.Policy(id)
+	d.Account, d.AccountWhy = pol.Account, pol.AccountWhy
+	if d.Account == "" && err == nil {
+		d.Account = h.cfg.Account
+	}
 	if errors.Is(err, kube.ErrNotSynced) {
 		return "", ReasonNotReady, err
 	}
@@ -245,11 +253,11 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 	if h.cfg.Operator != nil {
 		// The user lands in the account whose key signs the user JWT.
 		var ok bool
-		if signer, issuerAccount, ok = h.cfg.Operator.TargetKeys().signerFor(h.cfg.Account); !ok {
-			return "", ReasonInternal, errors.New("no target account signing key loaded")
+		if signer, issuerAccount, ok = h.cfg.Operator.keysFor(d.Account, h.cfg.Account).signerFor(d.Account); !ok {
+			return "", ReasonAccountKeyMissing, fmt.Errorf("no signing key loaded for account %s", d.Account)
 		}
 	}
-	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, signer, issuerAccount)
+	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, d.Account, signer, issuerAccount)
 	if err != nil {
 		return "", ReasonInternal, err
 	}
@@ -258,10 +266,11 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 
 // userJWT builds and signs the user's JWT. Permissions are always explicit: a user JWT without
 // them would get the account's defaults, often everything.
-func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, signer nkeys.KeyPair, issuerAccount string) (string, error) {
+func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, account string, signer nkeys.KeyPair, issuerAccount string) (string, error) {
 	uc := jwt.NewUserClaims(userNkey)
 	uc.Name = id.ConnectionName()
-	uc.Audience = h.cfg.Account
+	// Server-config mode places the user in the account its audience names.
+	uc.Audience = account
 	uc.IssuerAccount = issuerAccount
 	uc.Tags.Add(id.Tags()...)
 	exp := id.Expiry
@@ -295,7 +304,7 @@ func (h *Handler) record(d Decision) {
 	if h.cfg.Metrics != nil {
 		h.cfg.Metrics.observe(d)
 	}
-	attrs := make([]slog.Attr, 0, 12)
+	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
 		slog.String("result", d.Result),
 		slog.String("reason", d.Reason),
@@ -303,6 +312,9 @@ func (h *Handler) record(d Decision) {
 	)
 	if d.Identity.Namespace != "" {
 		attrs = append(attrs, slog.String("namespace", d.Identity.Namespace), slog.String("serviceaccount", d.Identity.Name))
+	}
+	if d.Account != "" {
+		attrs = append(attrs, slog.String("account", d.Account))
 	}
 	if d.Identity.PodName != "" {
 		// The pod a bound token was issued for: which replica connected.

@@ -8,7 +8,8 @@ import (
 )
 
 // Metrics are the callout's decision and connection metrics. Labels never carry a
-// per-ServiceAccount value, so their cardinality stays fixed. One Metrics serves one Handler
+// per-ServiceAccount value, so their cardinality stays fixed (the account label takes only
+// NATS_ACCOUNT and NATS_ALLOWED_ACCOUNTS). One Metrics serves one Handler
 // and the one Service using it.
 type Metrics struct {
 	requests    *prometheus.CounterVec
@@ -28,8 +29,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "nats_callout_requests_total",
-			Help: "Auth callout requests by result (allowed, denied, dropped) and reason.",
-		}, []string{"result", "reason"}),
+			Help: "Auth callout requests by result (allowed, denied, dropped), reason and the NATS account the user is (or would have been) placed in; account is empty when none was chosen yet.",
+		}, []string{"result", "reason", "account"}),
 		duration: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "nats_callout_request_duration_seconds",
 			Help: "Time from receiving a callout request to having its response ready.",
@@ -64,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		return 0
 	})
 	for _, r := range []string{ReasonOK} {
-		m.requests.WithLabelValues(ResultAllowed, r)
+		m.requests.WithLabelValues(ResultAllowed, r, "")
 	}
 	return m
 }
@@ -73,11 +74,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) bindConnected(up func() bool) { m.connected.Store(&up) }
 
 func (m *Metrics) observe(d Decision) {
-	m.requests.WithLabelValues(d.Result, d.Reason).Inc()
+	m.requests.WithLabelValues(d.Result, d.Reason, d.Account).Inc()
 	m.duration.Observe(d.Duration.Seconds())
 }
 
 // dropped counts a request dropped before any decision was made.
 func (m *Metrics) dropped(reason string) {
-	m.requests.WithLabelValues(ResultDropped, reason).Inc()
+	m.requests.WithLabelValues(ResultDropped, reason, "").Inc()
 }

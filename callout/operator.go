@@ -3,6 +3,7 @@ package callout
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -32,6 +33,31 @@ type OperatorConfig struct {
 	// (required). When the target is the callout account it may hold the same key as
 	// HandlerConfig.SigningKeys.
 	TargetKeys func() *KeyRing
+	// AccountKeys, if set, returns the key ring of another target account (tenant accounts
+	// chosen by namespace labels): its own key or an unscoped signing key; nil when the service
+	// holds none for it.
+	AccountKeys func(account string) *KeyRing
+}
+
+// keysFor is the key ring that signs user JWTs placed in account; def is the default target.
+func (o *OperatorConfig) keysFor(account, def string) *KeyRing {
+	if account == def || o.AccountKeys == nil {
+		if account != def {
+			return nil
+		}
+		return o.TargetKeys()
+	}
+	return o.AccountKeys(account)
+}
+
+// HoldsKeyFor reports whether, in operator mode, the service holds a key that can sign users
+// into account; in server-config mode the issuer key signs for every account.
+func (h *Handler) HoldsKeyFor(account string) bool {
+	if h.cfg.Operator == nil {
+		return true
+	}
+	_, _, ok := h.cfg.Operator.keysFor(account, h.cfg.Account).signerFor(account)
+	return ok
 }
 
 func (o *OperatorConfig) validate(account string) error {
@@ -109,6 +135,17 @@ type OperatorSetup struct {
 	// TargetAccountJWT, if known, is the target account's JWT (NATS_TARGET_ACCOUNT_JWT_FILE).
 	// When the target is the callout account, CalloutAccountJWT serves for both.
 	TargetAccountJWT *jwt.AccountClaims
+	// Tenants are the other target accounts (NATS_ALLOWED_ACCOUNTS) and what the service holds
+	// for them (NATS_TENANT_SIGNING_KEYS_DIR, NATS_TENANT_ACCOUNT_JWTS_DIR).
+	Tenants []TenantAccount
+}
+
+// TenantAccount is one tenant account of operator mode: its public key, the key ring that signs
+// users into it (nil when no key file names it) and, if given, its account JWT.
+type TenantAccount struct {
+	Account string
+	Keys    *KeyRing
+	JWT     *jwt.AccountClaims
 }
 
 // CheckOperatorSetup reports the first inconsistency in an operator-mode configuration that
@@ -148,7 +185,52 @@ func CheckOperatorSetup(s OperatorSetup) error {
 	if err := checkCalloutAccountJWT(s, callout, service, signing, sameAccount); err != nil {
 		return err
 	}
-	return checkTargetAccountJWT(s, target, sameAccount)
+	if err := checkTargetAccountJWT(s, target, sameAccount); err != nil {
+		return err
+	}
+	return checkTenants(s, callout)
+}
+
+// checkTenants checks each tenant account's key against its account JWT and the callout
+// account's allowed_accounts, when they are given. A tenant without a key is not an error
+// here: /readyz warns when a namespace is placed there.
+func checkTenants(s OperatorSetup, callout string) error {
+	for _, t := range s.Tenants {
+		keys := t.Keys.PublicKeys()
+		if len(keys) != 1 && t.Keys != nil {
+			return failSetup("NATS_TENANT_SIGNING_KEYS_DIR/%s.nk holds %d account seeds; it must hold exactly one: the account's key or an unscoped signing key of it", t.Account, len(keys))
+		}
+		if ac := s.CalloutAccountJWT; ac != nil && !allowsAccount(ac, t.Account) {
+			return failSetup("account %s may not place users in tenant account %s (not in allowed_accounts): nsc edit authcallout --account %s --allowed-account %s",
+				accountLabel(ac), t.Account, nameOr(ac), t.Account)
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		if keys[0] == callout || slices.Contains(s.SigningKeys.PublicKeys(), keys[0]) {
+			return failSetup("NATS_TENANT_SIGNING_KEYS_DIR/%s.nk holds a key of the callout account; it must hold a key of %s", t.Account, t.Account)
+		}
+		if t.JWT == nil {
+			continue
+		}
+		name := accountLabel(t.JWT)
+		if t.JWT.Subject != t.Account {
+			return failSetup("NATS_TENANT_ACCOUNT_JWTS_DIR/%s.jwt is account %s", t.Account, name)
+		}
+		if keys[0] == t.Account {
+			continue
+		}
+		scope, ok := t.JWT.SigningKeys[keys[0]]
+		switch {
+		case !ok:
+			return failSetup("NATS_TENANT_SIGNING_KEYS_DIR/%s.nk holds %s, which is neither account %s's key nor one of its signing keys (add it with nsc edit account %s --sk %s)",
+				t.Account, keys[0], name, nameOr(t.JWT), keys[0])
+		case scope != nil:
+			return fmt.Errorf("%w: %w: NATS_TENANT_SIGNING_KEYS_DIR/%s.nk holds %s, a scoped signing key of account %s; per-ServiceAccount permissions need an unscoped one (nsc edit account %s --sk generate)",
+				ErrOperatorSetup, ErrScopedSigningKey, t.Account, keys[0], name, nameOr(t.JWT))
+		}
+	}
+	return nil
 }
 
 // checkCalloutAccountJWT checks the service's login and signing key against the callout

@@ -861,3 +861,60 @@ func TestOperatorStrictRefusesAccountKey(t *testing.T) {
 	nc, _, err := e.connect(token)
 	expectRefused(t, nc, err)
 }
+
+func TestCheckOperatorSetupTenants(t *testing.T) {
+	w := newOperatorWorld(t, false)
+	tenant, tenantSK, stranger := newKP(t, nkeys.CreateAccount), newKP(t, nkeys.CreateAccount), newKP(t, nkeys.CreateAccount)
+	tenantPub := testsupport.PublicKey(t, tenant)
+	tenantJWT := func(scoped bool) *natsjwt.AccountClaims {
+		ac := natsjwt.NewAccountClaims(tenantPub)
+		ac.Name = "TEAM_A"
+		if scoped {
+			scope := natsjwt.NewUserScope()
+			scope.Key = testsupport.PublicKey(t, tenantSK)
+			ac.SigningKeys.AddScopedSigner(scope)
+		} else {
+			ac.SigningKeys.Add(testsupport.PublicKey(t, tenantSK))
+		}
+		return ac
+	}
+	calloutJWT := func(allow bool) *natsjwt.AccountClaims {
+		ac := *w.accounts[testsupport.PublicKey(t, w.auth)]
+		ac.Authorization.AllowedAccounts = append(natsjwt.StringList(nil), ac.Authorization.AllowedAccounts...)
+		if allow {
+			ac.Authorization.AllowedAccounts.Add(tenantPub)
+		}
+		return &ac
+	}
+	for _, c := range []struct {
+		name    string
+		tenant  callout.TenantAccount
+		allowed bool
+		want    string
+	}{
+		{"signing key", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, tenantSK)), JWT: tenantJWT(false)}, true, ""},
+		{"account key", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, tenant)), JWT: tenantJWT(false)}, true, ""},
+		{"no JWT", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, stranger))}, true, ""},
+		{"no key", callout.TenantAccount{Account: tenantPub}, true, ""},
+		{"not allowed", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, tenantSK))}, false, "not in allowed_accounts"},
+		{"foreign key", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, stranger)), JWT: tenantJWT(false)}, true, "neither account TEAM_A"},
+		{"scoped key", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, tenantSK)), JWT: tenantJWT(true)}, true, "scoped signing key"},
+		{"callout key", callout.TenantAccount{Account: tenantPub, Keys: parseKeys(t, testsupport.Seed(t, w.authSK))}, true, "key of the callout account"},
+		{"JWT of another account", callout.TenantAccount{Account: testsupport.PublicKey(t, stranger), Keys: parseKeys(t, testsupport.Seed(t, tenantSK)), JWT: tenantJWT(false)}, false, "not in allowed_accounts"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := callout.OperatorSetup{
+				Credentials: credsOf(t, w, w.authSK), SigningKeys: parseKeys(t, testsupport.Seed(t, w.authSK)),
+				TargetAccount: testsupport.PublicKey(t, w.app), TargetKeys: parseKeys(t, testsupport.Seed(t, w.appSK)),
+				CalloutAccountJWT: calloutJWT(c.allowed), Tenants: []callout.TenantAccount{c.tenant},
+			}
+			err := callout.CheckOperatorSetup(s)
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("got %v, want the setup accepted", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, callout.ErrOperatorSetup)):
+				t.Fatalf("got %v, want an ErrOperatorSetup with %q", err, c.want)
+			}
+		})
+	}
+}

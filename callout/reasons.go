@@ -53,7 +53,14 @@ const (
 	ReasonServiceAccountDeleting = "serviceaccount_deleting"
 	ReasonUIDMismatch            = "serviceaccount_uid_mismatch"
 	ReasonInvalidPolicy          = "invalid_policy"
+	// ReasonAccountNotAllowed: the namespace's nats.io/account label names an account outside
+	// NATS_ALLOWED_ACCOUNTS, or the callout or system account.
+	ReasonAccountNotAllowed = "account_not_allowed"
 )
+
+// ReasonAccountKeyMissing is the `reason` of a denial in operator mode when the service holds
+// no signing key for the account the namespace is placed in (see /readyz).
+const ReasonAccountKeyMissing = "account_key_missing"
 
 // kubeReasons maps each of kube's client-facing sentinels to its label, in the order Reason
 // tests them. kube.ErrNotSynced is not among them: it is the service's state, not the
@@ -74,6 +81,7 @@ var kubeReasons = []struct {
 	{kube.ErrServiceAccountDeleting, ReasonServiceAccountDeleting},
 	{kube.ErrUIDMismatch, ReasonUIDMismatch},
 	{kube.ErrInvalidPolicy, ReasonInvalidPolicy},
+	{kube.ErrAccountNotAllowed, ReasonAccountNotAllowed},
 }
 
 // Reason returns the label of the kube sentinel error err wraps (a token or ServiceAccount

@@ -61,6 +61,8 @@ type rigOptions struct {
 	policy func(id kube.Identity) (kube.Policy, error)
 	// log receives the handler's log instead of rig.logs.
 	log io.Writer
+	// accountKeys, in operator mode, gives the key ring of a tenant account.
+	accountKeys func(account string) *callout.KeyRing
 }
 
 type funcVerifier func(ctx context.Context, token string) (kube.Identity, error)
@@ -137,6 +139,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		cfg.Operator = &callout.OperatorConfig{
 			CalloutAccount: func() string { return r.issuerPub },
 			TargetKeys:     func() *callout.KeyRing { o.onKeys("target"); return targetRing() },
+			AccountKeys:    o.accountKeys,
 		}
 	}
 	h, err := callout.NewHandler(cfg)

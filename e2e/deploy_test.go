@@ -32,6 +32,8 @@ type deployOpts struct {
 	serviceEnv []string
 	// tls puts TLS on nats-server's client port.
 	tls *tlsConf
+	// accounts are more accounts in the server config, e.g. tenant accounts.
+	accounts []string
 }
 
 // deployKeys are the nkeys of one deployment.
@@ -113,7 +115,7 @@ func newDeployment(t *testing.T, o deployOpts) *deployment {
 		keyService: seedFile(t, d.keys.service),
 		keyIssuer:  seedFile(t, d.keys.issuer),
 	}
-	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}, static: o.static, tls: o.tls}
+	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}, static: o.static, tls: o.tls, accounts: o.accounts}
 	if o.xkey {
 		d.keys.xkey = newCurveKey(t)
 		files[keyXKey] = seedFile(t, d.keys.xkey)

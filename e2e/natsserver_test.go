@@ -31,9 +31,11 @@ type natsConf struct {
 	// systemUser, if set, is a user nkey (U...) of the system account, for live revocation;
 	// it bypasses the callout like the service users.
 	systemUser string
-	static     *staticUser
-	cluster    *clusterConf
-	tls        *tlsConf
+	// accounts are more (tenant) accounts next to AUTH, APP and SYS.
+	accounts []string
+	static   *staticUser
+	cluster  *clusterConf
+	tls      *tlsConf
 }
 
 // tlsConf is the client port's tls block.
@@ -78,6 +80,9 @@ func (c natsConf) render() string {
 	b.WriteString("accounts {\n")
 	fmt.Fprintf(&b, "  AUTH: { users: [ %s ] }\n", strings.Join(users, ", "))
 	b.WriteString("  APP: {}\n")
+	for _, a := range c.accounts {
+		fmt.Fprintf(&b, "  %s: {}\n", a)
+	}
 	if c.static != nil {
 		fmt.Fprintf(&b, "  %s: { users: [ { user: %q, password: %q } ] }\n", c.static.account, c.static.user, c.static.password)
 		authUsers = append(authUsers, c.static.user)

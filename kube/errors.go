@@ -41,4 +41,7 @@ var (
 	// finished its initial list, so the answer is not known yet. It has no refusal label
 	// (callout.Reason returns ""): it is the service's state, not the client's fault.
 	ErrNotSynced = errors.New("serviceaccount cache not synced")
+	// ErrAccountNotAllowed means the namespace's nats.io/account label names an account the
+	// service may not place users in: not in the allow-list, or the callout or system account.
+	ErrAccountNotAllowed = errors.New("namespace label names an account that is not allowed")
 )

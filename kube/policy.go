@@ -71,6 +71,9 @@ type Policy struct {
 	// Warnings describe what was ignored: invalid allow entries, an unparsable
 	// allow-responses value, unknown nats.io/ annotations. They are worth logging.
 	Warnings []string
+	// Account is the NATS account chosen for the ServiceAccount's namespace, and AccountWhy
+	// the reason; Account is empty when the Store chooses none (one account for all).
+	Account, AccountWhy string
 }
 
 // PolicyDefaults are the subjects every ServiceAccount gets before its annotations apply, and

@@ -26,29 +26,30 @@ type policyMemo struct {
 
 type memoEntry struct {
 	resourceVersion string
+	account         string
 	policy          Policy
 	err             error
 	cost            int
 }
 
-// get returns the policy remembered for this version of sa, if any.
-func (m *policyMemo) get(sa *cachedServiceAccount) (Policy, bool, error) {
+// get returns the policy remembered for this version of sa in account, if any.
+func (m *policyMemo) get(sa *cachedServiceAccount, account string) (Policy, bool, error) {
 	m.mu.RLock()
 	e, ok := m.entries[sa.UID]
 	m.mu.RUnlock()
-	if !ok || e.resourceVersion != sa.ResourceVersion {
+	if !ok || e.resourceVersion != sa.ResourceVersion || e.account != account {
 		return Policy{}, false, nil
 	}
 	return e.policy, true, e.err
 }
 
-// put remembers the policy of sa if current() (called under the lock) says sa is still the
+// put remembers the policy of sa in account if current() (called under the lock) says sa is still the
 // cached version. Objects without a resourceVersion are not remembered.
-func (m *policyMemo) put(sa *cachedServiceAccount, p Policy, err error, current func() bool) {
+func (m *policyMemo) put(sa *cachedServiceAccount, account string, p Policy, err error, current func() bool) {
 	if m.disabled || sa.ResourceVersion == "" || sa.UID == "" {
 		return
 	}
-	e := &memoEntry{resourceVersion: sa.ResourceVersion, policy: p, err: err, cost: memoCost(sa, p, err)}
+	e := &memoEntry{resourceVersion: sa.ResourceVersion, account: account, policy: p, err: err, cost: memoCost(sa, p, err) + len(account)}
 	if e.cost > maxMemoBytes/16 {
 		return // would crowd out too many others
 	}

@@ -39,6 +39,12 @@ type StoreConfig struct {
 	// Registerer receives nats_callout_serviceaccounts and nats_callout_informer_synced.
 	// Nil leaves the metrics unregistered.
 	Registerer prometheus.Registerer
+	// Accounts, if set, chooses each namespace's NATS account (Policy.Account); nil leaves
+	// Policy.Account empty: the caller's one account.
+	Accounts *Accounts
+	// AccountDefaults are the complete defaults of the accounts that have their own (see
+	// ParseAccountDefaults); the others use Defaults.
+	AccountDefaults map[string]PolicyDefaults
 	// OnRevocation, if set, is told when a ServiceAccount's live connections lose their grant
 	// (deleted, recreated, or its annotations narrowed). Nil: nobody is told.
 	OnRevocation RevocationSink
@@ -59,6 +65,8 @@ type Store struct {
 	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
 	synced    []cache.InformerSynced
 	defaults  PolicyDefaults
+	accounts  *Accounts
+	byAccount map[string]PolicyDefaults
 	log       *slog.Logger
 	count     prometheus.Gauge
 	syncGauge prometheus.Gauge
@@ -84,6 +92,11 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 	if err := cfg.Defaults.Validate(); err != nil {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
+	for acc, d := range cfg.AccountDefaults {
+		if err := d.Validate(); err != nil {
+			return nil, fmt.Errorf("kube: defaults of account %s: %w", acc, err)
+		}
+	}
 	namespaces := slices.Clone(cfg.Namespaces)
 	slices.Sort(namespaces)
 	namespaces = slices.Compact(namespaces)
@@ -100,6 +113,8 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 	s := &Store{
 		informers:    make(map[string]cache.SharedIndexInformer),
 		defaults:     cfg.Defaults,
+		accounts:     cfg.Accounts,
+		byAccount:    cfg.AccountDefaults,
 		log:          logger,
 		onRevocation: cfg.OnRevocation,
 		count: factory.NewGauge(prometheus.GaugeOpts{
@@ -274,11 +289,13 @@ func (s *Store) HasSynced() bool {
 }
 
 // Policy checks that the ServiceAccount named by id exists in the cache, is not being deleted,
-// and has the uid the token was issued for; then gives the permissions its annotations grant
+// and has the uid the token was issued for; then chooses its account from its namespace (see
+// Accounts.Choose) and gives the permissions its annotations grant with that account's defaults
 // (see ParsePolicy). Those are parsed once per version of the ServiceAccount (its uid and
-// resourceVersion) and remembered (see policyMemo); the checks run on every call. The Policy
-// returned may be shared with other callers: read only. Before the cache has synced, a
-// ServiceAccount not (yet) in it gives ErrNotSynced rather than ErrServiceAccountNotFound.
+// resourceVersion) and account, and remembered (see policyMemo); the checks run on every call.
+// The Policy returned may be shared with other callers: read only. Before the cache has
+// synced, a ServiceAccount not (yet) in it gives ErrNotSynced rather than
+// ErrServiceAccountNotFound.
 func (s *Store) Policy(id Identity) (Policy, error) {
 	inf, sa, err := s.lookup(id.Namespace, id.Name)
 	if err != nil {
@@ -291,18 +308,34 @@ func (s *Store) Policy(id Identity) (Policy, error) {
 	case string(sa.UID) != id.UID:
 		return Policy{}, fmt.Errorf("%w: %s/%s has uid %s, token has %q", ErrUIDMismatch, id.Namespace, id.Name, sa.UID, id.UID)
 	}
-	if p, ok, err := s.policies.get(sa); ok {
+	var choice AccountChoice
+	if s.accounts != nil {
+		if choice, err = s.accounts.Choose(sa.Namespace); err != nil {
+			return Policy{}, err
+		}
+	}
+	if p, ok, err := s.policies.get(sa, choice.Account); ok {
+		p.AccountWhy = choice.Why
 		return p, err
 	}
-	p, err := ParsePolicy(s.defaults, sa.Namespace, sa.Name, sa.annotationMap())
+	p, err := ParsePolicy(s.defaultsOf(choice.Account), sa.Namespace, sa.Name, sa.annotationMap())
+	p.Account, p.AccountWhy = choice.Account, choice.Why
 	// Remembered only while sa is still the cached version, checked under the memo's lock: the
 	// informer updates its cache before it tells the handlers that forget, so a version replaced
 	// meanwhile is either not stored or forgotten right after.
-	s.policies.put(sa, p, err, func() bool {
+	s.policies.put(sa, choice.Account, p, err, func() bool {
 		cur, exists, _ := inf.GetIndexer().GetByKey(sa.Namespace + "/" + sa.Name)
 		return exists && cur == any(sa)
 	})
 	return p, err
+}
+
+// defaultsOf are the policy defaults of account: its own (ACCOUNT_DEFAULTS) or the store's.
+func (s *Store) defaultsOf(account string) PolicyDefaults {
+	if d, ok := s.byAccount[account]; ok {
+		return d
+	}
+	return s.defaults
 }
 
 // lookup finds a ServiceAccount in the cache, and the informer that holds it. The object is

@@ -28,7 +28,80 @@ func Run(ctx context.Context, c settings.Explain, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return Write(w, c.Policy.Defaults(), sa, c.Subjects)
+	choice, err := chooseAccount(ctx, c)
+	if err != nil {
+		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", c.Namespace, c.Name, callout.Reason(err), err)
+	}
+	defaults := c.Policy.Defaults()
+	byAccount, err := c.AccountDefaults()
+	if err != nil {
+		return err
+	}
+	if d, ok := byAccount[choice.Account]; ok {
+		defaults = d
+	}
+	if err := Write(w, defaults, sa, c.Subjects); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "  account    %s (%s)\n", choice.Account, choice.Why)
+	return nil
+}
+
+// chooseAccount picks the account as the service does, from the namespace's nats.io/account
+// label: --account-label, else the Namespace read from the cluster.
+func chooseAccount(ctx context.Context, c settings.Explain) (kube.AccountChoice, error) {
+	def := c.Account
+	if def == "" {
+		def = "NATS_ACCOUNT"
+	}
+	if len(c.Accounts.AllowedList()) == 0 {
+		return kube.AccountChoice{Account: def, Why: "NATS_ALLOWED_ACCOUNTS is empty: namespace labels are not read"}, nil
+	}
+	label := fixedLabel{set: c.AccountLabel != "", value: c.AccountLabel}
+	switch {
+	case label.set:
+	case c.Manifest != "":
+		return kube.AccountChoice{Account: def, Why: "unless namespace " + c.Namespace + " carries a " + kube.LabelAccount + " label: --manifest holds no Namespaces (try --account-label)"}, nil
+	default:
+		client, err := newClient(c)
+		if err != nil {
+			return kube.AccountChoice{}, err
+		}
+		ns, err := client.Resource(kube.NamespacesResource).Get(ctx, c.Namespace, metav1.GetOptions{})
+		if err != nil {
+			return kube.AccountChoice{}, fmt.Errorf("namespace %s: %w", c.Namespace, err)
+		}
+		label.value, label.set = ns.Labels[kube.LabelAccount]
+	}
+	var reserved []string
+	if c.Account != "" {
+		reserved = c.Accounts.Reserved("")
+	}
+	accounts, err := kube.NewAccounts(kube.AccountsConfig{Default: def, Allowed: c.Accounts.AllowedList(), Reserved: reserved, Labels: label})
+	if err != nil {
+		return kube.AccountChoice{}, err
+	}
+	return accounts.Choose(c.Namespace)
+}
+
+// fixedLabel is one namespace's label, known already.
+type fixedLabel struct {
+	set   bool
+	value string
+}
+
+func (l fixedLabel) Label(string) (string, bool, error) { return l.value, l.set, nil }
+
+func newClient(c settings.Explain) (metadata.Interface, error) {
+	rc, err := kube.RESTConfig(c.Kube.InCluster, c.Kube.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 // lookup reads the ServiceAccount from the manifest or the cluster.
@@ -49,13 +122,9 @@ func lookup(ctx context.Context, c settings.Explain) (*kube.ServiceAccount, erro
 		}
 		return nil, fmt.Errorf("%s/%s is not in %s: a token of it would be refused (serviceaccount_not_found)", c.Namespace, c.Name, c.Manifest)
 	}
-	rc, err := kube.RESTConfig(c.Kube.InCluster, c.Kube.Kubeconfig)
+	client, err := newClient(c)
 	if err != nil {
 		return nil, err
-	}
-	client, err := metadata.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	sa, err := client.Resource(kube.ServiceAccountsResource).Namespace(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
 	if err != nil {

@@ -93,3 +93,47 @@ func TestExplain(t *testing.T) {
 		t.Errorf("bad DEFAULT_PUB_SUBJECTS: %v", err)
 	}
 }
+
+func TestExplainAccount(t *testing.T) {
+	env := func(kv map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := kv[k]; return v, ok }
+	}
+	tenants := map[string]string{
+		"NATS_ACCOUNT": "APP", "NATS_ALLOWED_ACCOUNTS": "TEAM_A",
+		"ACCOUNT_DEFAULTS": `{"TEAM_A": {"pub": [">"]}}`,
+	}
+	for _, tc := range []struct {
+		name  string
+		vars  map[string]string
+		args  []string
+		wants []string
+		err   string
+	}{
+		{"labels not read", map[string]string{"NATS_ACCOUNT": "APP"}, nil,
+			[]string{"account    APP (NATS_ALLOWED_ACCOUNTS is empty: namespace labels are not read)"}, ""},
+		{"manifest", tenants, nil, []string{"account    APP (unless namespace shop carries a nats.io/account label"}, ""},
+		{"labelled", tenants, []string{"--account-label", "TEAM_A"},
+			[]string{"account    TEAM_A (namespace shop label nats.io/account=TEAM_A)", "publish    allow  >  billing.charges.create\n"}, ""},
+		{"not allowed", tenants, []string{"--account-label", "OTHER"}, nil, "refused (account_not_allowed)"},
+		{"callout account", tenants, []string{"--account-label", "AUTH"}, nil, "refused (account_not_allowed)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{"--manifest", manifest}, tc.args...), "shop/orders")
+			out, err := runExplain(env(tc.vars), args...)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tc.wants {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+}

@@ -32,6 +32,8 @@ func InitTable(c *Init) settings.Table {
 			settings.String(&o.CalloutAccount, "", "callout-account", "", "callout account holding only the service user (default "+DefaultCalloutAccount+")"),
 			settings.Func("account", "comma-separated target accounts; the first is NATS_ACCOUNT (default "+DefaultTargetAccount+")",
 				func(v string) error { o.TargetAccounts = settings.SplitList(v); return nil }),
+			settings.Func("tenant-accounts", "comma-separated tenant accounts a namespace's nats.io/account label may name (the sidecar's NATS_ALLOWED_ACCOUNTS)",
+				func(v string) error { o.TenantAccounts = settings.SplitList(v); return nil }),
 			settings.String(&o.SystemAccount, "", "system-account", "", "system account, never a callout target (default "+DefaultSystemAccount+")"),
 			settings.Bool(&o.JetStream, "", "jetstream", false, "enable JetStream in the target and bypass accounts"),
 			settings.Repeated("bypass-user", "ACCOUNT=U... a user that logs in with its own nkey and never reaches the callout, e.g. NACK", func(s string) error {

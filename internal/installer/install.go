@@ -48,6 +48,7 @@ type InstallOptions struct {
 	// ServerConfig (see there); empty names take the defaults AUTH, APP, SYS.
 	CalloutAccount string
 	TargetAccounts []string
+	TenantAccounts []string
 	SystemAccount  string
 	JetStream      bool
 	BypassUsers    []BypassUser
@@ -200,7 +201,7 @@ func render(opts InstallOptions, seeds Seeds, out InstallFiles) (InstallFiles, e
 	}
 	out.Config = ServerConfig{
 		ServiceUser: pub.service, Issuer: pub.issuers[0], XKey: pub.xkey,
-		CalloutAccount: opts.CalloutAccount, TargetAccounts: opts.TargetAccounts, SystemAccount: opts.SystemAccount,
+		CalloutAccount: opts.CalloutAccount, TargetAccounts: opts.TargetAccounts, TenantAccounts: opts.TenantAccounts, SystemAccount: opts.SystemAccount,
 		JetStream: opts.JetStream, BypassUsers: slices.Clone(opts.BypassUsers),
 	}.withDefaults()
 	// Live revocation's user: in the system account, and past the callout like the others.
@@ -314,6 +315,10 @@ func (f InstallFiles) NextSteps(dir string) string {
 	}
 	if c.TargetAccounts[0] != DefaultTargetAccount {
 		fmt.Fprintf(&b, "Workloads go to %s: set NATS_ACCOUNT in callout-values.yaml to match.\n", c.TargetAccounts[0])
+	}
+	if len(c.TenantAccounts) > 0 {
+		fmt.Fprintf(&b, "Tenant accounts: set NATS_ALLOWED_ACCOUNTS=%s in callout-values.yaml and label each tenant's namespace nats.io/account=<account>.\n",
+			strings.Join(c.TenantAccounts, ","))
 	}
 	return b.String()
 }

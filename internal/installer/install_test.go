@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -426,5 +427,26 @@ func TestGenerateInstallAddsSystemUser(t *testing.T) {
 	}
 	if _, err := installer.GenerateInstall(installer.InstallOptions{ExistingSecret: again.Secret.Data}); !errors.Is(err, installer.ErrSecretExists) {
 		t.Errorf("init with a complete Secret: %v, want %v", err, installer.ErrSecretExists)
+	}
+}
+
+func TestGenerateInstallTenantAccounts(t *testing.T) {
+	c, err := installer.ParseInit([]string{"--namespace", "nats", "--tenant-accounts", "TEAM_A, TEAM_B"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := installer.GenerateInstall(c.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []installer.InstallFile{out.ServerConfig, out.HelmValues} {
+		for _, want := range []string{"TEAM_A", "TEAM_B", "allowed_accounts"} {
+			if !strings.Contains(string(f.Data), want) {
+				t.Errorf("%s lacks %q:\n%s", f.Name, want, f.Data)
+			}
+		}
+	}
+	if steps := out.NextSteps("dir"); !strings.Contains(steps, "NATS_ALLOWED_ACCOUNTS=TEAM_A,TEAM_B") {
+		t.Errorf("next steps do not say to set NATS_ALLOWED_ACCOUNTS:\n%s", steps)
 	}
 }

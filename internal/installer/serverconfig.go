@@ -39,6 +39,10 @@ type ServerConfig struct {
 	// TargetAccounts are the accounts workloads may be placed in (default APP). The first is
 	// the one the sidecar's NATS_ACCOUNT names.
 	TargetAccounts []string
+	// TenantAccounts are the accounts a namespace's nats.io/account label may place workloads
+	// in (the sidecar's NATS_ALLOWED_ACCOUNTS). With them, auth_callout.allowed_accounts lists
+	// every target account.
+	TenantAccounts []string
 	// SystemAccount is system_account (default SYS).
 	SystemAccount string
 	// JetStream enables JetStream in the target accounts and the accounts of bypass users.
@@ -118,7 +122,7 @@ func (c ServerConfig) Validate() error {
 	if c.XKey != "" && !nkeys.IsValidPublicCurveKey(c.XKey) {
 		return fmt.Errorf("%w: xkey %s: %s", ErrInvalidServerConfig, shown(c.XKey), wantKind("curve", "X", c.XKey))
 	}
-	for _, n := range append([]string{c.CalloutAccount, c.SystemAccount}, c.TargetAccounts...) {
+	for _, n := range append([]string{c.CalloutAccount, c.SystemAccount}, c.targets()...) {
 		if !accountName.MatchString(n) {
 			return fmt.Errorf("%w: account %q: %s", ErrInvalidServerConfig, n, accountNameRule)
 		}
@@ -127,7 +131,7 @@ func (c ServerConfig) Validate() error {
 		return fmt.Errorf("%w: the callout account and the system account are both %q; they must differ", ErrInvalidServerConfig, c.CalloutAccount)
 	}
 	seen := map[string]bool{}
-	for _, t := range c.TargetAccounts {
+	for _, t := range c.targets() {
 		switch {
 		case t == c.CalloutAccount:
 			return fmt.Errorf("%w: target account %q is the callout account, which must hold only the service user", ErrInvalidServerConfig, t)
@@ -154,6 +158,11 @@ func (c ServerConfig) Validate() error {
 	return nil
 }
 
+// targets are the target and the tenant accounts.
+func (c ServerConfig) targets() []string {
+	return append(append([]string(nil), c.TargetAccounts...), c.TenantAccounts...)
+}
+
 // account is one entry of the rendered accounts block.
 type account struct {
 	name      string
@@ -178,6 +187,9 @@ func (c ServerConfig) accounts() []account {
 	add(c.CalloutAccount, "callout requests arrive here; holds only the service's user", false).users = []string{c.ServiceUser}
 	for _, t := range c.TargetAccounts {
 		add(t, "workloads are placed here by the callout", c.JetStream)
+	}
+	for _, t := range c.TenantAccounts {
+		add(t, "tenant account: namespaces labelled nats.io/account="+t+" are placed here", c.JetStream)
 	}
 	for _, u := range c.BypassUsers {
 		if u.Account == c.SystemAccount {
@@ -250,6 +262,10 @@ func (c ServerConfig) NATSConfig() ([]byte, error) {
 	}
 	fmt.Fprintf(&b, "    auth_users: [ %s ]\n", strings.Join(quoted, ", "))
 	fmt.Fprintf(&b, "    account: %s\n", c.CalloutAccount)
+	if len(c.TenantAccounts) > 0 {
+		b.WriteString("    # the accounts the callout places users in (the service's NATS_ACCOUNT and NATS_ALLOWED_ACCOUNTS)\n")
+		fmt.Fprintf(&b, "    allowed_accounts: [ %s ]\n", strings.Join(c.targets(), ", "))
+	}
 	if c.XKey != "" {
 		b.WriteString("    # curve key requests are sealed to (NATS_XKEY_FILE)\n")
 		fmt.Fprintf(&b, "    xkey: %q\n", c.XKey)
@@ -292,6 +308,13 @@ func (c ServerConfig) HelmConfigMerge() (map[string]any, error) {
 	}
 	if c.XKey != "" {
 		callout["xkey"] = c.XKey
+	}
+	if len(c.TenantAccounts) > 0 {
+		allowed := make([]any, 0, len(c.targets()))
+		for _, t := range c.targets() {
+			allowed = append(allowed, t)
+		}
+		callout["allowed_accounts"] = allowed
 	}
 	return map[string]any{
 		"accounts":       accounts,

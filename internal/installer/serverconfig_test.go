@@ -317,3 +317,43 @@ func TestServerConfigRunsCallout(t *testing.T) {
 		t.Error("a client got in although nobody answered the callout")
 	}
 }
+
+func TestServerConfigTenantAccounts(t *testing.T) {
+	c := newValidServerConfig(t)
+	c.TenantAccounts = []string{"TEAM_A", "TEAM_B"}
+	conf, err := c.NATSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"  TEAM_A: {}\n", "  TEAM_B: {}\n", "allowed_accounts: [ APP, TEAM_A, TEAM_B ]"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("config lacks %q:\n%s", want, conf)
+		}
+	}
+	// nats-server itself reads it: allowed_accounts must name configured accounts.
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server refuses the config: %v\n%s", err, conf)
+	}
+	if got := opts.AuthCallout.AllowedAccounts; !slices.Equal(got, []string{"APP", "TEAM_A", "TEAM_B"}) {
+		t.Errorf("nats-server reads allowed_accounts %v", got)
+	}
+	merge, err := c.HelmConfigMerge()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac := merge["authorization"].(map[string]any)["auth_callout"].(map[string]any)
+	if got, _ := json.Marshal(ac["allowed_accounts"]); string(got) != `["APP","TEAM_A","TEAM_B"]` {
+		t.Errorf("helm allowed_accounts = %s", got)
+	}
+	for _, bad := range [][]string{{"AUTH"}, {"SYS"}, {"APP"}, {"TEAM_A", "TEAM_A"}, {"bad name"}} {
+		c.TenantAccounts = bad
+		if err := c.Validate(); err == nil {
+			t.Errorf("tenants %v accepted", bad)
+		}
+	}
+}

@@ -8,6 +8,10 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
 )
 
 // Commands are the subcommands, in the order help lists them.
@@ -63,6 +67,11 @@ type Explain struct {
 	Kube     Kube
 	Policy   Policy
 	Manifest string
+	// Account is NATS_ACCOUNT, Accounts the tenant account settings; AccountLabel, if set,
+	// stands in for the namespace's nats.io/account label.
+	Account      string
+	Accounts     Accounts
+	AccountLabel string
 	// Target is NAMESPACE/SERVICEACCOUNT; Subjects are the subjects to check.
 	Namespace, Name string
 	Subjects        []string
@@ -73,6 +82,9 @@ func ExplainTable(c *Explain, inPod bool) Table {
 	s := kubeSettings(&c.Kube, inPod)
 	s = append(s, policySettings(&c.Policy)...)
 	s = append(s, String(&c.Manifest, "", "manifest", "", "read the ServiceAccount from this manifest (YAML, as dev mode takes) instead of a cluster").optional())
+	s = append(s, natsAccountSetting(&c.Account).optional())
+	s = append(s, accountSettings(&c.Accounts)...)
+	s = append(s, String(&c.AccountLabel, "", "account-label", "", "take this as the namespace's nats.io/account label instead of reading the Namespace (e.g. with --manifest)").optional())
 	return Table{
 		Command: "explain",
 		Usage: "Usage: nats-k8s-oidc-callout explain [flags] NAMESPACE/SERVICEACCOUNT [SUBJECT...]\n\n" +
@@ -100,7 +112,16 @@ func ParseExplain(args []string, lookup func(string) (string, bool), output io.W
 		return c, fmt.Errorf("explain: %q is not NAMESPACE/SERVICEACCOUNT", p.Args()[0])
 	}
 	c.Namespace, c.Name, c.Subjects = ns, name, p.Args()[1:]
-	return c, c.Policy.Validate()
+	if err := c.Policy.Validate(); err != nil {
+		return c, err
+	}
+	_, err = c.AccountDefaults()
+	return c, err
+}
+
+// AccountDefaults are the validated per-account defaults (ACCOUNT_DEFAULTS).
+func (c Explain) AccountDefaults() (map[string]kube.PolicyDefaults, error) {
+	return c.Accounts.Validate(c.Account, nkeys.IsValidPublicAccountKey(c.Account), c.Policy.Defaults())
 }
 
 // Dev is every setting of the dev command. Dev mode reads no environment variables, so that

@@ -49,6 +49,9 @@ type Serve struct {
 	Log                   Log
 	HTTPAddr              string
 	Policy                Policy
+	Accounts              Accounts
+	TenantKeysDir         string
+	TenantJWTsDir         string
 	MaxTTL                time.Duration
 	Workers               int
 	RequestTimeout        time.Duration
@@ -127,7 +130,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 		String(&c.CredsFile, "NATS_CREDS_FILE", "nats-creds-file", "", "the service's own NATS login: a .creds file or a user nkey seed file").optional().doc("the service's login: a user nkey seed (`SU...`) or a `.creds` file. In server-config mode it logs in with the **nkey** from it (the server lists it as `nkey: U...`). Required unless `NATS_URL` carries `user:password`"),
 		String(&c.SystemCredsFile, "NATS_SYSTEM_CREDS_FILE", "nats-system-creds-file", "", "a user of the system account (server-config mode: its nkey seed; operator mode: its .creds file); turns live revocation on").optional().doc("a user of the **system account**: its nkey seed (`SU...`) in server-config mode, its `.creds` file in operator mode. Turns on live revocation: connections whose grant no longer holds are closed (see [docs/revocation.md](revocation.md)). Unset: a grant lasts as long as its user JWT"),
 		String(&c.SigningKeyFile, "NATS_SIGNING_KEY_FILE", "nats-signing-key-file", "", "issuer account seed(s) (SA...) that sign responses and user JWTs (required)").defaultDoc("(required)").doc("the issuer **account** seed(s) (`SA...`, one per line) named by `auth_callout.issuer`; signs responses and user JWTs"),
-		String(&c.Account, "NATS_ACCOUNT", "nats-account", "", "target account users are placed in (required)").defaultDoc("(required)").doc("account users are placed in (user JWT audience), e.g. `APP`; never the system account"),
+		natsAccountSetting(&c.Account),
 		String(&c.XKeyFile, "NATS_XKEY_FILE", "nats-xkey-file", "", "curve seed (SX...) for encrypted callouts; must match auth_callout.xkey").optional().doc("curve seed (`SX...`) whose public key is `auth_callout.xkey`: encrypted callouts"),
 		String(&c.TLSCAFile, "NATS_TLS_CA_FILE", "nats-tls-ca-file", "", "CA bundle (PEM) to verify nats-server's TLS certificate; setting any NATS_TLS_* turns TLS on").optional().doc("CA (PEM) of nats-server's certificate; any `NATS_TLS_*` setting turns TLS on"),
 		String(&c.TLSCertFile, "NATS_TLS_CERT_FILE", "nats-tls-cert-file", "", "client certificate (PEM) for a nats-server that verifies clients").optional().doc("client certificate (PEM), for a server with `tls { verify: true }`; needs `NATS_TLS_KEY_FILE`"),
@@ -138,6 +141,12 @@ func ServeTable(c *Serve, inPod bool) Table {
 		String(&c.CalloutAccountJWTFile, "NATS_CALLOUT_ACCOUNT_JWT_FILE", "nats-callout-account-jwt-file", "", "operator mode, optional: the callout account's JWT, to check the setup at start-up").optional().doc("operator mode, optional: the callout account's JWT, which the start-up checks compare the keys with"),
 		String(&c.TargetAccountJWTFile, "NATS_TARGET_ACCOUNT_JWT_FILE", "nats-target-account-jwt-file", "", "operator mode, optional: the target account's JWT, to detect a scoped signing key at start-up").optional().doc("operator mode, optional: the target account's JWT, which the start-up checks compare the keys with (catches a scoped signing key)"),
 	}
+	s = append(s,
+		String(&c.TenantKeysDir, "NATS_TENANT_SIGNING_KEYS_DIR", "nats-tenant-signing-keys-dir", "", "operator mode: directory of <ACCOUNT PUBLIC KEY>.nk files, one signing key per tenant account of NATS_ALLOWED_ACCOUNTS").optional().
+			doc("operator mode: a directory (a mounted Secret) with one `<account public key>.nk` file per account of `NATS_ALLOWED_ACCOUNTS`: that account's key or an **unscoped** signing key, which signs the user JWTs placed there. The files are reloaded like the other key files; a file for a new account needs a restart"),
+		String(&c.TenantJWTsDir, "NATS_TENANT_ACCOUNT_JWTS_DIR", "nats-tenant-account-jwts-dir", "", "operator mode, optional: directory of <ACCOUNT PUBLIC KEY>.jwt account JWTs the tenant signing keys are checked against").optional().
+			doc("operator mode, optional: a directory with `<account public key>.jwt` account JWTs (`nsc describe account --raw`), which the start-up checks compare the tenant signing keys with"),
+	)
 	s = append(s, kubeSettings(&c.Kube, inPod)...)
 	s = append(s,
 		String(&c.JWKSURL, "JWKS_URL", "jwks-url", DefaultJWKSURL, "JWKS of the ServiceAccount token issuer; with a kubeconfig the default is its API server's /openid/v1/jwks").doc("token signing keys. Served by the API server, it is fetched with the Kubernetes client's CA and credentials (with a kubeconfig and no `JWKS_URL`, from the kubeconfig's server)"),
@@ -147,6 +156,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 	s = append(s, logSettings(&c.Log, "json")...)
 	s = append(s, String(&c.HTTPAddr, "HTTP_ADDR", "http-addr", ":8080", "address for /healthz, /readyz and /metrics").doc("`/healthz`, `/readyz`, `/metrics`"))
 	s = append(s, policySettings(&c.Policy)...)
+	s = append(s, accountSettings(&c.Accounts)...)
 	s = append(s,
 		Duration(&c.MaxTTL, "USER_JWT_MAX_TTL", "user-jwt-max-ttl", DefaultMaxTTL, "cap on user JWT lifetime, never beyond the token's expiry; 0 means the token's expiry").
 			doc("cap on the user JWT lifetime, never later than the token's `exp`: a client reconnects, and its token and ServiceAccount are checked again, at least this often. The default is Kubernetes' default projected-token lifetime; `0` means the token's `exp` alone, which for a long-lived token is years (see [Security](security.md))"),
@@ -163,6 +173,11 @@ func ServeTable(c *Serve, inPod bool) Table {
 		Usage:    "Usage: nats-k8s-oidc-callout [serve] [flags]\n\nRuns the auth callout service (the sidecar). Every flag can be set by its environment variable.\n\n",
 		Settings: s,
 	}
+}
+
+// natsAccountSetting is NATS_ACCOUNT, which serve and explain share.
+func natsAccountSetting(p *string) *Setting {
+	return String(p, "NATS_ACCOUNT", "nats-account", "", "target account users are placed in (required)").defaultDoc("(required)").doc("account users are placed in (user JWT audience), e.g. `APP`; never the system account. With `NATS_ALLOWED_ACCOUNTS`, the account of namespaces without a `nats.io/account` label")
 }
 
 // inPod reports whether the process runs in a Kubernetes pod.
@@ -262,7 +277,16 @@ func (c Serve) Validate() error {
 			return err
 		}
 	}
-	return c.Policy.Validate()
+	if err := c.Policy.Validate(); err != nil {
+		return err
+	}
+	_, err = c.AccountDefaults()
+	return err
+}
+
+// AccountDefaults are the validated per-account defaults (ACCOUNT_DEFAULTS).
+func (c Serve) AccountDefaults() (map[string]kube.PolicyDefaults, error) {
+	return c.Accounts.Validate(c.Account, c.Operator(), c.Policy.Defaults())
 }
 
 func (c Serve) validateMode() error {
@@ -278,8 +302,11 @@ func (c Serve) validateMode() error {
 		case c.CredsFile == "":
 			return errors.New("NATS_CREDS_FILE is required in operator mode: the .creds file of the service's user in the callout account")
 		}
-	} else if c.TargetSigningKeyFile != "" || c.CalloutAccountJWTFile != "" || c.TargetAccountJWTFile != "" {
-		return errors.New("NATS_TARGET_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT_JWT_FILE and NATS_TARGET_ACCOUNT_JWT_FILE apply to operator mode only (set NATS_MODE=operator)")
+		if len(c.Accounts.AllowedList()) > 0 && c.TenantKeysDir == "" {
+			return errors.New("NATS_TENANT_SIGNING_KEYS_DIR is required in operator mode with NATS_ALLOWED_ACCOUNTS: user JWTs placed in a tenant account are signed by a key of that account")
+		}
+	} else if c.TargetSigningKeyFile != "" || c.CalloutAccountJWTFile != "" || c.TargetAccountJWTFile != "" || c.TenantKeysDir != "" || c.TenantJWTsDir != "" {
+		return errors.New("NATS_TARGET_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT_JWT_FILE, NATS_TARGET_ACCOUNT_JWT_FILE and NATS_TENANT_* apply to operator mode only (set NATS_MODE=operator)")
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ type files struct {
 	targetKeys func() *callout.KeyRing
 	calloutJWT func() *jwt.AccountClaims
 	targetJWT  func() *jwt.AccountClaims
+	tenants    tenantFiles
 
 	changes *changes
 }
@@ -106,8 +107,11 @@ func (f *files) loadOperatorFiles(c settings.Serve, w *reload.Watcher, log *slog
 		callout.ParseAccountJWT, accountJWT("callout_account_jwt")); err != nil {
 		return err
 	}
-	f.targetJWT, err = mount(w, f.changes, "NATS_TARGET_ACCOUNT_JWT_FILE", "target_account_jwt", c.TargetAccountJWTFile,
-		callout.ParseAccountJWT, accountJWT("target_account_jwt"))
+	if f.targetJWT, err = mount(w, f.changes, "NATS_TARGET_ACCOUNT_JWT_FILE", "target_account_jwt", c.TargetAccountJWTFile,
+		callout.ParseAccountJWT, accountJWT("target_account_jwt")); err != nil {
+		return err
+	}
+	f.tenants, err = loadTenantFiles(c, w, f.changes, log)
 	return err
 }
 
@@ -135,9 +139,10 @@ func none[T any]() T {
 }
 
 // operatorSetup is what operator mode's cross-check reads, from the files now in use.
-func (f *files) operatorSetup(account string) callout.OperatorSetup {
+func (f *files) operatorSetup(account string, tenants []string) callout.OperatorSetup {
 	return callout.OperatorSetup{
 		Credentials: f.creds(), SigningKeys: f.signingKeys(), TargetAccount: account,
 		TargetKeys: f.targetKeys(), XKey: f.xkey(), CalloutAccountJWT: f.calloutJWT(), TargetAccountJWT: f.targetJWT(),
+		Tenants: f.tenants.setup(tenants),
 	}
 }

@@ -28,6 +28,8 @@ type readiness struct {
 	handler  *callout.Handler
 	operator *operatorCheck
 	revoker  *revoke.Revoker
+	// accounts, if set, warns about namespace labels the service cannot serve.
+	accounts func() error
 }
 
 func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
@@ -55,6 +57,22 @@ func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, sv
 	}}
 }
 
+// withAccounts adds, with tenant accounts (ns not nil), the Namespace cache's check and the
+// warning about namespace labels the service cannot serve.
+func (r readiness) withAccounts(ns *kube.NamespaceCache, accounts *kube.Accounts, h *callout.Handler) readiness {
+	if ns == nil {
+		return r
+	}
+	r.checks = append(r.checks, check{"namespaces", func() error {
+		if !ns.HasSynced() {
+			return errors.New("Namespace informer has not synced")
+		}
+		return nil
+	}})
+	r.accounts = func() error { return accountWarnings(ns, accounts, h) }
+	return r
+}
+
 // ServeHTTP writes one line per readiness condition and answers 503 if any fails.
 func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	var b strings.Builder
@@ -74,6 +92,11 @@ func (r readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	}
 	if err := r.operator.Err(); err != nil {
 		fmt.Fprintf(&b, "[!] operator_setup: %v\n", err)
+	}
+	if r.accounts != nil {
+		if err := r.accounts(); err != nil {
+			fmt.Fprintf(&b, "[!] accounts: %v\n", err)
+		}
 	}
 	if r.revoker != nil {
 		// Logins work without it; only live revocation waits for it.

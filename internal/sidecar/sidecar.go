@@ -10,9 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
-	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,6 +67,7 @@ type sidecar struct {
 	watcher *reload.Watcher
 	files   *files
 	store   *kube.Store
+	ns      *kube.NamespaceCache
 	svc     *callout.Service
 	revoker *revoke.Revoker // nil: live revocation is off
 	op      *operatorCheck
@@ -98,10 +97,12 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	var operator *callout.OperatorConfig
 	if c.Operator() {
-		if s.op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return s.files.operatorSetup(c.Account) }); err != nil {
+		allowed := c.Accounts.AllowedList()
+		if s.op, err = newOperatorCheck(log, reg, func() callout.OperatorSetup { return s.files.operatorSetup(c.Account, allowed) }); err != nil {
 			return nil, err
 		}
-		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys}
+		operator = &callout.OperatorConfig{CalloutAccount: func() string { return s.files.creds().Account() }, TargetKeys: s.files.targetKeys,
+			AccountKeys: s.files.tenants.keysFor}
 	}
 	var onRevocation kube.RevocationSink
 	if s.revoker, err = newRevoker(c, s.files, log, reg); err != nil {
@@ -109,9 +110,17 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	} else if s.revoker != nil {
 		onRevocation = s.revoker.Notify
 	}
+	accounts, err := s.buildAccounts(c, d, onRevocation)
+	if err != nil {
+		return nil, err
+	}
+	byAccount, err := c.AccountDefaults()
+	if err != nil {
+		return nil, err
+	}
 	if s.store, err = kube.NewStore(d.Client, kube.StoreConfig{
 		Namespaces: c.Policy.WatchedNamespaces(), Defaults: c.Policy.Defaults(), Logger: log, Registerer: reg,
-		OnRevocation: onRevocation,
+		Accounts: accounts, AccountDefaults: byAccount, OnRevocation: onRevocation,
 	}); err != nil {
 		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
@@ -136,7 +145,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op, s.revoker)
+	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op, s.revoker).withAccounts(s.ns, accounts, handler)
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
@@ -144,29 +153,10 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 		}
 	}
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
+		"allowed_accounts", c.Accounts.AllowedList(),
 		"issuers", s.files.signingKeys(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
 		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
 	return s, nil
-}
-
-// startupGCPercent is the garbage collector's GOGC until the informer cache has synced.
-const startupGCPercent = 25
-
-// startupGC prepares for the initial list, the largest allocation of the sidecar's life: every
-// ServiceAccount is decoded whole before the cache keeps its trimmed entry, and almost all of it
-// is garbage at once. The garbage collector runs more often until then (unless GOGC is set),
-// and the returned function, called once the cache has synced, restores it and gives what the
-// list used back to the system rather than leaving it to the scavenger. At 50,000
-// ServiceAccounts this keeps the peak at 56 MiB resident instead of 72 (docs/performance.md).
-func startupGC() (restore func()) {
-	if os.Getenv("GOGC") != "" {
-		return debug.FreeOSMemory
-	}
-	previous := debug.SetGCPercent(startupGCPercent)
-	return func() {
-		debug.SetGCPercent(previous)
-		debug.FreeOSMemory()
-	}
 }
 
 // start runs every part in g until ctx is done.
@@ -175,6 +165,9 @@ func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return s.watcher.Run(ctx) })
 	restoreGC := startupGC()
 	g.Go(func() error { return s.store.Run(ctx) })
+	if s.ns != nil {
+		g.Go(func() error { return s.ns.Run(ctx) })
+	}
 	g.Go(func() error {
 		if s.store.WaitSynced(ctx) {
 			restoreGC()
@@ -232,17 +225,4 @@ func tokenCacheSize(n int) int {
 		return -1
 	}
 	return n
-}
-
-// newRevoker builds live revocation when NATS_SYSTEM_CREDS_FILE is set. Without it a grant lasts
-// as long as its user JWT, which start-up says once.
-func newRevoker(c settings.Serve, f *files, log *slog.Logger, reg prometheus.Registerer) (*revoke.Revoker, error) {
-	if c.SystemCredsFile == "" {
-		log.Warn("live revocation is off (NATS_SYSTEM_CREDS_FILE is not set): a connection keeps its grant until its user JWT expires, "+
-			"after the token's own expiry or USER_JWT_MAX_TTL, whichever is sooner", "user_jwt_max_ttl", c.MaxTTL.String())
-		return nil, nil
-	}
-	return revoke.New(revoke.Config{
-		URL: c.NATSURL, Credentials: f.systemCreds, UseJWT: c.Operator(), TLS: c.TLS(), Logger: log, Registerer: reg,
-	})
 }

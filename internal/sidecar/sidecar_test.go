@@ -234,8 +234,8 @@ func TestRun(t *testing.T) {
 	_, metrics := p.get("/metrics")
 	for _, want := range []string{
 		`nats_callout_build_info{commit="c-test",goversion=`,
-		`nats_callout_requests_total{reason="ok",result="allowed"} 1`,
-		`nats_callout_requests_total{reason="malformed_token",result="denied"} 1`,
+		`nats_callout_requests_total{account="APP",reason="ok",result="allowed"} 1`,
+		`nats_callout_requests_total{account="",reason="malformed_token",result="denied"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
