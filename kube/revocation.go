@@ -174,11 +174,17 @@ func (s *Store) revokeDeleted(sa *cachedServiceAccount) {
 // the connections log in again and get the grant as it now reads. Each side is parsed within
 // the annotation bounds, so this costs what a login's policy costs.
 func (s *Store) narrowed(old, cur *cachedServiceAccount) bool {
-	was, err := ParsePolicy(s.defaults, old.Namespace, old.Name, old.annotationMap())
+	defaults := s.defaults
+	if s.accounts != nil {
+		if choice, err := s.accounts.Choose(old.Namespace); err == nil {
+			defaults = s.defaultsOf(choice.Account)
+		}
+	}
+	was, err := ParsePolicy(defaults, old.Namespace, old.Name, old.annotationMap())
 	if err != nil {
 		return false // it refused every login: no connection holds a grant from it
 	}
-	now, err := ParsePolicy(s.defaults, cur.Namespace, cur.Name, cur.annotationMap())
+	now, err := ParsePolicy(defaults, cur.Namespace, cur.Name, cur.annotationMap())
 	if err != nil {
 		return true
 	}
