@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,11 +50,27 @@ type PolicySource interface {
 	Policy(id kube.Identity) (kube.Policy, error)
 }
 
+// BoundObjectChecker checks that the object a token is bound to (pod, Secret, node) still
+// exists with the token's uid. An error wrapping kube.ErrNotSynced drops the request.
+type BoundObjectChecker interface {
+	CheckBound(ctx context.Context, id kube.Identity) error
+}
+
+// SourcePinner gives the source addresses (CIDRs) a user may connect from.
+type SourcePinner interface {
+	SourceAddresses(ctx context.Context, id kube.Identity) ([]string, error)
+}
+
 // HandlerConfig is what a Handler needs. Keys are read through functions so that a reloaded
 // file takes effect on the next request.
 type HandlerConfig struct {
 	Verifier TokenVerifier
 	Policies PolicySource
+	// Bound, if set, checks the objects tokens are bound to (VERIFY_BOUND_OBJECTS).
+	Bound BoundObjectChecker
+	// Sources, if set, pins every user JWT to the addresses it gives (BIND_SOURCE_IP); a
+	// token it gives none for is refused.
+	Sources SourcePinner
 	// SigningKeys returns the current keys that sign responses (required). In server-config mode
 	// they are the auth_callout.issuer account keys and sign the user JWTs too; in operator mode
 	// they are the callout account's own key or one of its signing keys.
@@ -236,6 +254,10 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		return "", reasonOf(err), err
 	}
 	d.Warnings = pol.Warnings
+	src, reason, err := h.bound(ctx, id, req.ClientInformation.Host)
+	if err != nil {
+		return "", reason, err
+	}
 	if err := ctx.Err(); err != nil {
 		return "", ReasonDeadline, err
 	}
@@ -249,16 +271,71 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 			return "", ReasonInternal, errors.New("no target account signing key loaded")
 		}
 	}
-	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, signer, issuerAccount)
+	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, src, signer, issuerAccount)
 	if err != nil {
 		return "", ReasonInternal, err
 	}
 	return userJWT, "", nil
 }
 
+// bound checks the objects id's token is bound to and, with source pinning, that the client's
+// address (host, as nats-server signed it into the request) is one of the addresses the user
+// may connect from, which it returns. An error comes with its reason, as grant's do.
+func (h *Handler) bound(ctx context.Context, id kube.Identity, host string) ([]string, string, error) {
+	if h.cfg.Bound != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, ReasonDeadline, err
+		}
+		err := h.cfg.Bound.CheckBound(ctx, id)
+		if errors.Is(err, kube.ErrNotSynced) {
+			return nil, ReasonNotReady, err
+		}
+		if err != nil {
+			return nil, reasonOf(err), err
+		}
+	}
+	if h.cfg.Sources == nil {
+		return nil, "", nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, ReasonDeadline, err
+	}
+	src, err := h.cfg.Sources.SourceAddresses(ctx, id)
+	if err == nil && len(src) == 0 {
+		// Never an empty list: nats-server reads it as "from anywhere".
+		err = fmt.Errorf("%w: no source address for %s/%s", kube.ErrPodNoIP, id.Namespace, id.PodName)
+	}
+	if err != nil {
+		return nil, reasonOf(err), err
+	}
+	// nats-server (2.15) does not check the sources of a user JWT an auth callout issued, so
+	// the service does; the user JWT carries them as well.
+	if !sourceAllowed(host, src) {
+		return nil, ReasonSourceMismatch, fmt.Errorf("client address %q is not an address of pod %s/%s (%s)",
+			clipValue(host), id.Namespace, id.PodName, strings.Join(src, ", "))
+	}
+	return src, "", nil
+}
+
+// sourceAllowed reports whether host, an IP address, lies in one of the CIDRs src.
+func sourceAllowed(host string, src []string) bool {
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, s := range src {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
 // userJWT builds and signs the user's JWT. Permissions are always explicit: a user JWT without
-// them would get the account's defaults, often everything.
-func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, signer nkeys.KeyPair, issuerAccount string) (string, error) {
+// them would get the account's defaults, often everything. src, if not empty, are the only
+// source addresses (CIDRs) nats-server accepts the user from.
+func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, src []string, signer nkeys.KeyPair, issuerAccount string) (string, error) {
 	uc := jwt.NewUserClaims(userNkey)
 	uc.Name = id.Username()
 	uc.Audience = h.cfg.Account
@@ -285,6 +362,9 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	}
 	if p.AllowResponses {
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
+	}
+	if len(src) > 0 {
+		uc.Src = jwt.CIDRList(src)
 	}
 	// userNkey is a user public key: checkRequest made sure of it.
 	tok, err := encodeJWT(&uc.ClaimsData, &uc.GenericFields, jwt.UserClaim, uc, signer)

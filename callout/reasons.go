@@ -34,6 +34,9 @@ const (
 	// requests waiting for a worker was full: its client gets no answer and fails after the
 	// server's authorization timeout, as it would have if the service had answered too late.
 	ReasonOverloaded = "overloaded"
+	// ReasonSourceMismatch is the `reason` of a denial under BIND_SOURCE_IP: the client's
+	// address, as the nats-server signed it into the request, is none of its bound pod's IPs.
+	ReasonSourceMismatch = "source_ip_mismatch"
 	// reasonUnclassified is a denial whose error wraps none of kube's sentinels.
 	reasonUnclassified = "unauthorized"
 )
@@ -53,6 +56,15 @@ const (
 	ReasonServiceAccountDeleting = "serviceaccount_deleting"
 	ReasonUIDMismatch            = "serviceaccount_uid_mismatch"
 	ReasonInvalidPolicy          = "invalid_policy"
+	// Bound objects (VERIFY_BOUND_OBJECTS) and source pinning (BIND_SOURCE_IP).
+	ReasonPodNotFound          = "pod_not_found"
+	ReasonPodUIDMismatch       = "pod_uid_mismatch"
+	ReasonSecretNotFound       = "secret_not_found"
+	ReasonSecretUIDMismatch    = "secret_uid_mismatch"
+	ReasonNodeNotFound         = "node_not_found"
+	ReasonNodeUIDMismatch      = "node_uid_mismatch"
+	ReasonBoundObjectUnchecked = "bound_object_unverifiable"
+	ReasonPodNoIP              = "pod_no_ip"
 )
 
 // kubeReasons maps each of kube's client-facing sentinels to its label, in the order Reason
@@ -74,6 +86,14 @@ var kubeReasons = []struct {
 	{kube.ErrServiceAccountDeleting, ReasonServiceAccountDeleting},
 	{kube.ErrUIDMismatch, ReasonUIDMismatch},
 	{kube.ErrInvalidPolicy, ReasonInvalidPolicy},
+	{kube.ErrPodNotFound, ReasonPodNotFound},
+	{kube.ErrPodUIDMismatch, ReasonPodUIDMismatch},
+	{kube.ErrSecretNotFound, ReasonSecretNotFound},
+	{kube.ErrSecretUIDMismatch, ReasonSecretUIDMismatch},
+	{kube.ErrNodeNotFound, ReasonNodeNotFound},
+	{kube.ErrNodeUIDMismatch, ReasonNodeUIDMismatch},
+	{kube.ErrBoundObjectUnverifiable, ReasonBoundObjectUnchecked},
+	{kube.ErrPodNoIP, ReasonPodNoIP},
 }
 
 // Reason returns the label of the kube sentinel error err wraps (a token or ServiceAccount

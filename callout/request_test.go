@@ -61,6 +61,9 @@ type rigOptions struct {
 	policy func(id kube.Identity) (kube.Policy, error)
 	// log receives the handler's log instead of rig.logs.
 	log io.Writer
+	// bound and sources are the handler's bound-object check and source pinning (nil: off).
+	bound   callout.BoundObjectChecker
+	sources callout.SourcePinner
 }
 
 type funcVerifier func(ctx context.Context, token string) (kube.Identity, error)
@@ -122,7 +125,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	}
 	signing := fixedRing(t, r.issuer)
 	cfg := callout.HandlerConfig{
-		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy),
+		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy), Bound: o.bound, Sources: o.sources,
 		SigningKeys: func() *callout.KeyRing { o.onKeys("signing"); return signing() },
 		XKey:        func() *callout.XKey { return xk },
 		Account:     "APP",

@@ -28,15 +28,25 @@ type readiness struct {
 	operator *operatorCheck
 }
 
-func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
+func newReadiness(store *kube.Store, pods *kube.PodCache, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
 	h *callout.Handler, op *operatorCheck) readiness {
-	return readiness{handler: h, operator: op, checks: []check{
+	checks := []check{
 		{"informer", func() error {
 			if !store.HasSynced() {
 				return errors.New("ServiceAccount informer has not synced")
 			}
 			return nil
 		}},
+	}
+	if pods != nil {
+		checks = append(checks, check{"pods", func() error {
+			if !pods.HasSynced() {
+				return errors.New("pod informer has not synced (VERIFY_BOUND_OBJECTS)")
+			}
+			return nil
+		}})
+	}
+	return readiness{handler: h, operator: op, checks: append(checks, []check{
 		{"jwks", func() error {
 			if verifier.KeyCount() == 0 {
 				return fmt.Errorf("no JWKS keys loaded from %s", jwksURL)
@@ -50,7 +60,7 @@ func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, sv
 			}
 			return nil
 		}},
-	}}
+	}...)}
 }
 
 // ServeHTTP writes one line per readiness condition and answers 503 if any fails.

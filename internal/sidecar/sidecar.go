@@ -27,8 +27,11 @@ import (
 // Deps are the outside-world parts Run works with: main builds the real ones, dev mode and
 // tests their stand-ins.
 type Deps struct {
-	// Client reads ServiceAccount metadata (list and watch).
+	// Client reads ServiceAccount and pod metadata (list and watch), and the metadata of the
+	// Secrets and nodes tokens are bound to (get).
 	Client metadata.Interface
+	// PodStatus reads a bound pod's addresses; required with BIND_SOURCE_IP.
+	PodStatus kube.PodStatusGetter
 	// JWKSURL and HTTPClient fetch the token issuer's keys.
 	JWKSURL    string
 	HTTPClient *http.Client
@@ -66,6 +69,7 @@ type sidecar struct {
 	watcher *reload.Watcher
 	files   *files
 	store   *kube.Store
+	pods    *kube.PodCache // nil unless VERIFY_BOUND_OBJECTS
 	svc     *callout.Service
 	op      *operatorCheck
 	srv     *http.Server
@@ -104,6 +108,10 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
+	bound, sources, err := s.buildBound(c, d)
+	if err != nil {
+		return nil, err
+	}
 	verifier, err := kube.NewVerifier(ctx, kube.VerifierConfig{
 		JWKSURL: d.JWKSURL, HTTPClient: d.HTTPClient, Issuer: c.Issuer, Audience: c.Audience,
 		RefreshInterval: c.JWKSRefresh, TokenCacheSize: tokenCacheSize(c.TokenCacheSize), Logger: log, Registerer: reg,
@@ -113,7 +121,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	metrics := callout.NewMetrics(reg)
 	handler, err := callout.NewHandler(callout.HandlerConfig{
-		Verifier: verifier, Policies: s.store, SigningKeys: s.files.signingKeys, XKey: s.files.xkey,
+		Verifier: verifier, Policies: s.store, Bound: bound, Sources: sources, SigningKeys: s.files.signingKeys, XKey: s.files.xkey,
 		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics, Operator: operator,
 	})
 	if err != nil {
@@ -125,7 +133,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
+	ready := newReadiness(s.store, s.pods, verifier, d.JWKSURL, s.svc, s.files, handler, s.op)
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
@@ -134,8 +142,35 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
 		"issuers", s.files.signingKeys(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
-		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
+		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil,
+		"verify_bound_objects", c.VerifyBoundObjects, "bind_source_ip", c.BindSourceIP)
 	return s, nil
+}
+
+// buildBound makes the pod cache and the bound-object checks when VERIFY_BOUND_OBJECTS is on,
+// and the source pinning when BIND_SOURCE_IP is; nil interfaces when they are off.
+func (s *sidecar) buildBound(c settings.Serve, d Deps) (callout.BoundObjectChecker, callout.SourcePinner, error) {
+	if !c.VerifyBoundObjects {
+		return nil, nil, nil
+	}
+	if c.BindSourceIP && d.PodStatus == nil {
+		return nil, nil, errors.New("BIND_SOURCE_IP: no client to read pod addresses with")
+	}
+	var err error
+	// The revocation sink stays nil here: closing live connections is wired separately.
+	if s.pods, err = kube.NewPodCache(d.Client, kube.PodCacheConfig{
+		Namespaces: c.Policy.WatchedNamespaces(), Logger: d.Log, Registerer: d.Registry,
+	}); err != nil {
+		return nil, nil, fmt.Errorf("VERIFY_BOUND_OBJECTS: %w", err)
+	}
+	bound, err := kube.NewBoundObjects(kube.BoundConfig{Pods: s.pods, Client: d.Client, PodStatus: d.PodStatus})
+	if err != nil {
+		return nil, nil, fmt.Errorf("VERIFY_BOUND_OBJECTS: %w", err)
+	}
+	if c.BindSourceIP {
+		return bound, bound, nil
+	}
+	return bound, nil, nil
 }
 
 // start runs every part in g until ctx is done.
@@ -143,6 +178,9 @@ func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	svcDone := make(chan struct{})
 	g.Go(func() error { return s.watcher.Run(ctx) })
 	g.Go(func() error { return s.store.Run(ctx) })
+	if s.pods != nil {
+		g.Go(func() error { return s.pods.Run(ctx) })
+	}
 	g.Go(func() error {
 		defer close(svcDone)
 		return s.svc.Run(ctx)
