@@ -102,7 +102,7 @@ func TestBoundSecretsAndNodes(t *testing.T) {
 }
 
 func TestBoundForbidden(t *testing.T) {
-	meta := metadataClient( object("Secret", "shop", "s1", "secret-uid"))
+	meta := metadataClient(object("Secret", "shop", "s1", "secret-uid"))
 	meta.PrependReactor("get", "secrets", func(clienttesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "s1", errors.New("RBAC"))
 	})

@@ -65,7 +65,6 @@ func TestTrimPod(t *testing.T) {
 	}
 }
 
-
 // noGauge is a gauge that records nothing.
 type noGauge struct{ prometheus.Gauge }
 
