@@ -25,9 +25,9 @@ import (
 // as with an API server whose watch cache has moved on.
 const memoryHistory = 1024
 
-// MemoryCluster keeps ServiceAccounts in memory behind the Kubernetes metadata API: a kube.Store
-// built on its Client lists and watches them with the calls it makes against an API server,
-// with resource versions, so informers see every change exactly once. It stands in for a
+// MemoryCluster keeps ServiceAccounts and pods (pods.go) in memory behind the Kubernetes
+// metadata API: a kube.Store or kube.PodCache built on its Client lists and watches them with
+// the calls it makes against an API server, with resource versions, so informers see every change exactly once. It stands in for a
 // cluster in dev mode and in tests, and is safe for concurrent use.
 type MemoryCluster struct {
 	mu      sync.Mutex
