@@ -55,8 +55,9 @@ type HandlerConfig struct {
 	Policies PolicySource
 	// Bound, if set, checks the objects tokens are bound to (VERIFY_BOUND_OBJECTS).
 	Bound BoundObjectChecker
-	// Sources, if set, pins every user JWT to the addresses it gives (BIND_SOURCE_IP); a
-	// token it gives none for is refused.
+	// Sources, if set, gives the addresses a user may connect from (BIND_SOURCE_IP): a client
+	// connecting from elsewhere, or a token it gives none for, is refused, and the user JWT
+	// carries them as its allowed sources.
 	Sources SourcePinner
 	// SigningKeys returns the current keys that sign responses (required). In server-config mode
 	// they are the auth_callout.issuer account keys and sign the user JWTs too; in operator mode
