@@ -3,6 +3,9 @@ package kube_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	metadatafake "k8s.io/client-go/metadata/fake"
+	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -198,4 +202,35 @@ func FuzzParsePodAddresses(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPodStatusClient reads pods over HTTP as from an API server: the pod's uid and IPs, a
+// missing pod as not found, any other failure as an error.
+func TestPodStatusClient(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/namespaces/shop/pods/web-0":
+			fmt.Fprint(w, `{"kind":"Pod","metadata":{"name":"web-0","uid":"u1"},"status":{"podIPs":[{"ip":"10.0.0.7"}]}}`)
+		case "/api/v1/namespaces/shop/pods/forbidden":
+			http.Error(w, `{"kind":"Status","code":403}`, http.StatusForbidden)
+		default:
+			http.Error(w, `{"kind":"Status","code":404}`, http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	c, err := kube.NewPodStatusClient(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, err := c.PodAddresses(ctx, "shop", "web-0")
+	if err != nil || a.UID != "u1" || !slices.Equal(a.IPs, []string{"10.0.0.7"}) {
+		t.Errorf("PodAddresses = %+v, %v; want uid u1, 10.0.0.7", a, err)
+	}
+	if _, err := c.PodAddresses(ctx, "shop", "gone"); !apierrors.IsNotFound(err) {
+		t.Errorf("missing pod: %v, want not found", err)
+	}
+	if _, err := c.PodAddresses(ctx, "shop", "forbidden"); err == nil || apierrors.IsNotFound(err) {
+		t.Errorf("forbidden: %v, want an error other than not found", err)
+	}
 }
