@@ -110,9 +110,13 @@ func serve(ctx context.Context, args []string, lookup func(string) (string, bool
 	if err != nil {
 		return err
 	}
+	podStatus, err := kube.NewPodStatusClient(rc)
+	if err != nil {
+		return err
+	}
 	v, commit := versionInfo()
 	return sidecar.Run(ctx, c, sidecar.Deps{
-		Client: client, JWKSURL: jwksURL, HTTPClient: httpClient, Log: log, Registry: reg,
+		Client: client, PodStatus: podStatus, JWKSURL: jwksURL, HTTPClient: httpClient, Log: log, Registry: reg,
 		Version: v, Commit: commit,
 	})
 }

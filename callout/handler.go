@@ -53,6 +53,12 @@ type PolicySource interface {
 type HandlerConfig struct {
 	Verifier TokenVerifier
 	Policies PolicySource
+	// Bound, if set, checks the objects tokens are bound to (VERIFY_BOUND_OBJECTS).
+	Bound BoundObjectChecker
+	// Sources, if set, gives the addresses a user may connect from (BIND_SOURCE_IP): a client
+	// connecting from elsewhere, or a token it gives none for, is refused, and the user JWT
+	// carries them as its allowed sources.
+	Sources SourcePinner
 	// SigningKeys returns the current keys that sign responses (required). In server-config mode
 	// they are the auth_callout.issuer account keys and sign the user JWTs too; in operator mode
 	// they are the callout account's own key or one of its signing keys.
@@ -244,6 +250,10 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 		return "", reasonOf(err), err
 	}
 	d.Warnings = pol.Warnings
+	src, reason, err := h.bound(ctx, id, req.ClientInformation.Host)
+	if err != nil {
+		return "", reason, err
+	}
 	if err := ctx.Err(); err != nil {
 		return "", ReasonDeadline, err
 	}
@@ -257,7 +267,7 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 			return "", ReasonAccountKeyMissing, fmt.Errorf("no signing key loaded for account %s", d.Account)
 		}
 	}
-	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, d.Account, signer, issuerAccount)
+	userJWT, err := h.userJWT(req.UserNkey, id, pol.Permissions, d.Account, src, signer, issuerAccount)
 	if err != nil {
 		return "", ReasonInternal, err
 	}
@@ -265,8 +275,9 @@ func (h *Handler) grant(ctx context.Context, r *request, d *Decision) (string, s
 }
 
 // userJWT builds and signs the user's JWT. Permissions are always explicit: a user JWT without
-// them would get the account's defaults, often everything.
-func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, account string, signer nkeys.KeyPair, issuerAccount string) (string, error) {
+// them would get the account's defaults, often everything. src, if not empty, are the only
+// source addresses (CIDRs) nats-server accepts the user from.
+func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions, account string, src []string, signer nkeys.KeyPair, issuerAccount string) (string, error) {
 	uc := jwt.NewUserClaims(userNkey)
 	uc.Name = id.ConnectionName()
 	// Server-config mode places the user in the account its audience names.
@@ -294,6 +305,9 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	}
 	if p.AllowResponses {
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
+	}
+	if len(src) > 0 {
+		uc.Src = jwt.CIDRList(src)
 	}
 	// userNkey is a user public key: checkRequest made sure of it.
 	tok, err := encodeJWT(&uc.ClaimsData, &uc.GenericFields, jwt.UserClaim, uc, signer)

@@ -34,6 +34,9 @@ const (
 	// requests waiting for a worker was full: its client gets no answer and fails after the
 	// server's authorization timeout, as it would have if the service had answered too late.
 	ReasonOverloaded = "overloaded"
+	// ReasonSourceMismatch is the `reason` of a denial under BIND_SOURCE_IP: the client's
+	// address, as the nats-server signed it into the request, is none of its bound pod's IPs.
+	ReasonSourceMismatch = "source_ip_mismatch"
 	// reasonUnclassified is a denial whose error wraps none of kube's sentinels.
 	reasonUnclassified = "unauthorized"
 )
@@ -56,6 +59,15 @@ const (
 	// ReasonAccountNotAllowed: the namespace's nats.io/account label names an account outside
 	// NATS_ALLOWED_ACCOUNTS, or the callout or system account.
 	ReasonAccountNotAllowed = "account_not_allowed"
+	// Bound objects (VERIFY_BOUND_OBJECTS) and source pinning (BIND_SOURCE_IP).
+	ReasonPodNotFound          = "pod_not_found"
+	ReasonPodUIDMismatch       = "pod_uid_mismatch"
+	ReasonSecretNotFound       = "secret_not_found"
+	ReasonSecretUIDMismatch    = "secret_uid_mismatch"
+	ReasonNodeNotFound         = "node_not_found"
+	ReasonNodeUIDMismatch      = "node_uid_mismatch"
+	ReasonBoundObjectUnchecked = "bound_object_unverifiable"
+	ReasonPodNoIP              = "pod_no_ip"
 )
 
 // ReasonAccountKeyMissing is the `reason` of a denial in operator mode when the service holds
@@ -82,6 +94,14 @@ var kubeReasons = []struct {
 	{kube.ErrUIDMismatch, ReasonUIDMismatch},
 	{kube.ErrInvalidPolicy, ReasonInvalidPolicy},
 	{kube.ErrAccountNotAllowed, ReasonAccountNotAllowed},
+	{kube.ErrPodNotFound, ReasonPodNotFound},
+	{kube.ErrPodUIDMismatch, ReasonPodUIDMismatch},
+	{kube.ErrSecretNotFound, ReasonSecretNotFound},
+	{kube.ErrSecretUIDMismatch, ReasonSecretUIDMismatch},
+	{kube.ErrNodeNotFound, ReasonNodeNotFound},
+	{kube.ErrNodeUIDMismatch, ReasonNodeUIDMismatch},
+	{kube.ErrBoundObjectUnverifiable, ReasonBoundObjectUnchecked},
+	{kube.ErrPodNoIP, ReasonPodNoIP},
 }
 
 // Reason returns the label of the kube sentinel error err wraps (a token or ServiceAccount

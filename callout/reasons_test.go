@@ -32,6 +32,15 @@ func TestReason(t *testing.T) {
 		{kube.ErrServiceAccountDeleting, "serviceaccount_deleting"},
 		{kube.ErrUIDMismatch, "serviceaccount_uid_mismatch"},
 		{fmt.Errorf("%w: x", kube.ErrInvalidPolicy), "invalid_policy"},
+		{fmt.Errorf("%w: x", kube.ErrPodNotFound), "pod_not_found"},
+		{kube.ErrPodUIDMismatch, "pod_uid_mismatch"},
+		{kube.ErrSecretNotFound, "secret_not_found"},
+		{kube.ErrSecretUIDMismatch, "secret_uid_mismatch"},
+		{kube.ErrNodeNotFound, "node_not_found"},
+		{kube.ErrNodeUIDMismatch, "node_uid_mismatch"},
+		{kube.ErrBoundObjectUnverifiable, "bound_object_unverifiable"},
+		{kube.ErrPodNoIP, "pod_no_ip"},
+		{fmt.Errorf("%w: x", kube.ErrPodsNotSynced), ""},
 	}
 	for _, tt := range tests {
 		if got := Reason(tt.err); got != tt.want {
@@ -61,7 +70,7 @@ func TestReasonOf(t *testing.T) {
 func TestReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonOK, ReasonBadRequest, ReasonEncryption, ReasonUnknownIssuer, ReasonDeadline,
-		ReasonNotReady, ReasonInternal, ReasonOverloaded, reasonUnclassified,
+		ReasonNotReady, ReasonInternal, ReasonOverloaded, ReasonSourceMismatch, reasonUnclassified,
 	}
 	for _, r := range kubeReasons {
 		reasons = append(reasons, r.reason)

@@ -63,6 +63,9 @@ type rigOptions struct {
 	log io.Writer
 	// accountKeys, in operator mode, gives the key ring of a tenant account.
 	accountKeys func(account string) *callout.KeyRing
+	// bound and sources are the handler's bound-object check and source pinning (nil: off).
+	bound   callout.BoundObjectChecker
+	sources callout.SourcePinner
 }
 
 type funcVerifier func(ctx context.Context, token string) (kube.Identity, error)
@@ -124,7 +127,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	}
 	signing := fixedRing(t, r.issuer)
 	cfg := callout.HandlerConfig{
-		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy),
+		Verifier: funcVerifier(o.verify), Policies: funcPolicies(o.policy), Bound: o.bound, Sources: o.sources,
 		SigningKeys: func() *callout.KeyRing { o.onKeys("signing"); return signing() },
 		XKey:        func() *callout.XKey { return xk },
 		Account:     "APP",

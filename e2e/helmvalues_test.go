@@ -706,6 +706,11 @@ func TestHelmValuesInstall(t *testing.T) {
 			[]string{"get", "serviceaccounts", "-n", "kube-system"},
 			[]string{"get", "/openid/v1/jwks"},
 			[]string{"get", "/.well-known/openid-configuration"},
+			// VERIFY_BOUND_OBJECTS and BIND_SOURCE_IP.
+			[]string{"list", "pods", "--all-namespaces"},
+			[]string{"watch", "pods", "--all-namespaces"},
+			[]string{"get", "pods", "-n", ns},
+			[]string{"get", "nodes"},
 		)
 		expectCan(t, ns, "nats", groups, false,
 			[]string{"create", "serviceaccounts", "-n", ns},
@@ -714,7 +719,9 @@ func TestHelmValuesInstall(t *testing.T) {
 			[]string{"delete", "serviceaccounts", "-n", ns},
 			[]string{"create", "serviceaccounts", "--subresource=token", "-n", ns},
 			[]string{"get", "secrets", "-n", ns},
-			[]string{"list", "pods", "--all-namespaces"},
+			[]string{"delete", "pods", "-n", ns},
+			[]string{"get", "pods", "--subresource=log", "-n", ns},
+			[]string{"list", "nodes"},
 			[]string{"create", "tokenreviews"},
 		)
 	}
@@ -830,6 +837,8 @@ func TestHelmValuesNamespaced(t *testing.T) {
 			expectCan(t, ns, "nats", groups, true,
 				[]string{"list", "serviceaccounts", "-n", team},
 				[]string{"watch", "serviceaccounts", "-n", team},
+				[]string{"list", "pods", "-n", team},
+				[]string{"watch", "pods", "-n", team},
 			)
 			expectCan(t, ns, "nats", groups, false,
 				[]string{"create", "serviceaccounts", "-n", team},
@@ -840,6 +849,7 @@ func TestHelmValuesNamespaced(t *testing.T) {
 		expectCan(t, ns, "nats", groups, false,
 			[]string{"list", "serviceaccounts", "-n", other},
 			[]string{"list", "serviceaccounts", "--all-namespaces"},
+			[]string{"list", "pods", "-n", other},
 		)
 	}
 }

@@ -44,4 +44,37 @@ var (
 	// ErrAccountNotAllowed means the namespace's nats.io/account label names an account the
 	// service may not place users in: not in the allow-list, or the callout or system account.
 	ErrAccountNotAllowed = errors.New("namespace label names an account that is not allowed")
+
+	// ErrPodNotFound means the token is bound to a pod that no longer exists (or whose
+	// deletion grace period has passed). Kubernetes' own TokenReview refuses such a token too.
+	ErrPodNotFound = errors.New("bound pod not found")
+	// ErrPodUIDMismatch means a pod of the token's pod name exists but is another one: the pod
+	// the token was issued for was deleted and one of the same name created.
+	ErrPodUIDMismatch = errors.New("bound pod uid does not match the token")
+	// ErrSecretNotFound means the token is bound to a Secret that no longer exists.
+	ErrSecretNotFound = errors.New("bound secret not found")
+	// ErrSecretUIDMismatch means the token's Secret was deleted and recreated.
+	ErrSecretUIDMismatch = errors.New("bound secret uid does not match the token")
+	// ErrNodeNotFound means the token is bound to a node that no longer exists.
+	ErrNodeNotFound = errors.New("bound node not found")
+	// ErrNodeUIDMismatch means the token's node was deleted and one of the same name created.
+	ErrNodeUIDMismatch = errors.New("bound node uid does not match the token")
+	// ErrBoundObjectUnverifiable means the object a token is bound to could not be looked up
+	// (the API server refused or failed the request, typically RBAC without get on secrets):
+	// the token is refused rather than trusted unchecked.
+	ErrBoundObjectUnverifiable = errors.New("bound object could not be looked up")
+	// ErrPodNoIP means source pinning (BIND_SOURCE_IP) is on and the token names no pod, or
+	// its pod has no IP yet: there is no address to pin the user to.
+	ErrPodNoIP = errors.New("no bound pod ip to pin the connection to")
+	// ErrPodsNotSynced means the token's pod was not found while the pod cache has not finished
+	// its initial list. It wraps ErrNotSynced: the request is dropped, not refused.
+	ErrPodsNotSynced error = podsNotSynced{}
 )
+
+// podsNotSynced is ErrPodsNotSynced: its own message, and errors.Is(err, ErrNotSynced) holds.
+type podsNotSynced struct{}
+
+func (podsNotSynced) Error() string { return "pod cache not synced" }
+
+// Is makes ErrPodsNotSynced match ErrNotSynced.
+func (podsNotSynced) Is(target error) bool { return target == ErrNotSynced }

@@ -64,6 +64,13 @@ type Identity struct {
 	// PodName and PodUID name the pod the token is bound to, when it is (projected tokens are).
 	PodName string
 	PodUID  string
+	// NodeName and NodeUID name the node the token is bound to: a node-bound token, or the node
+	// a pod-bound token's pod ran on (Kubernetes 1.30 and later add it).
+	NodeName string
+	NodeUID  string
+	// SecretName and SecretUID name the Secret the token is bound to, when it is.
+	SecretName string
+	SecretUID  string
 }
 
 // Username returns the Kubernetes user name of the ServiceAccount,
@@ -83,6 +90,7 @@ type KubernetesClaims struct {
 	Namespace      string     `json:"namespace,omitempty"`
 	ServiceAccount *ObjectRef `json:"serviceaccount,omitempty"`
 	Pod            *ObjectRef `json:"pod,omitempty"`
+	Secret         *ObjectRef `json:"secret,omitempty"`
 	Node           *ObjectRef `json:"node,omitempty"`
 	// WarnAfter is set by the API server on extended-lifetime tokens.
 	WarnAfter *jwt.NumericDate `json:"warnafter,omitempty"`
@@ -366,6 +374,12 @@ func identityFrom(c *ServiceAccountClaims) (Identity, error) {
 	}
 	if k.Pod != nil {
 		id.PodName, id.PodUID = Clip(k.Pod.Name, maxObjectName), Clip(k.Pod.UID, maxObjectName)
+	}
+	if k.Node != nil {
+		id.NodeName, id.NodeUID = Clip(k.Node.Name, maxObjectName), Clip(k.Node.UID, maxObjectName)
+	}
+	if k.Secret != nil {
+		id.SecretName, id.SecretUID = Clip(k.Secret.Name, maxObjectName), Clip(k.Secret.UID, maxObjectName)
 	}
 	return id, nil
 }

@@ -205,6 +205,8 @@ func TestVerifyAccepts(t *testing.T) {
 	podBound := is[0].Claims("team-a", "builder.v2", testUID, []string{testAudience}, time.Hour)
 	podBound.Kubernetes.Pod = &kube.ObjectRef{Name: "builder-7d9f", UID: "pod-uid-1"}
 	podBound.Kubernetes.Node = &kube.ObjectRef{Name: "node-1", UID: "node-uid-1"}
+	secretBound := is[0].Claims("team-a", "app", testUID, []string{testAudience}, time.Hour)
+	secretBound.Kubernetes.Secret = &kube.ObjectRef{Name: "app-token", UID: "secret-uid-1"}
 
 	noKid := jwt.NewWithClaims(jwt.SigningMethodRS256, is[0].Claims("team-a", "app", testUID, []string{testAudience}, time.Hour))
 	noKidToken, err := noKid.SignedString(is[0].Key())
@@ -219,7 +221,8 @@ func TestVerifyAccepts(t *testing.T) {
 	}{
 		{"RS256", mustToken(t, is[0], "team-a", "app", testUID), kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},
 		{"ES256", mustToken(t, is[3], "team-b", "worker", testUID), kube.Identity{Namespace: "team-b", Name: "worker", UID: testUID}},
-		{"pod bound", mustSign(t, is[0], podBound), kube.Identity{Namespace: "team-a", Name: "builder.v2", UID: testUID, PodName: "builder-7d9f", PodUID: "pod-uid-1"}},
+		{"pod bound", mustSign(t, is[0], podBound), kube.Identity{Namespace: "team-a", Name: "builder.v2", UID: testUID, PodName: "builder-7d9f", PodUID: "pod-uid-1", NodeName: "node-1", NodeUID: "node-uid-1"}},
+		{"secret bound", mustSign(t, is[0], secretBound), kube.Identity{Namespace: "team-a", Name: "app", UID: testUID, SecretName: "app-token", SecretUID: "secret-uid-1"}},
 		{"surrounding whitespace", " \n" + mustToken(t, is[0], "team-a", "app", testUID) + "\n", kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},
 		// keyfunc tries every published key when the header names none.
 		{"no kid", noKidToken, kube.Identity{Namespace: "team-a", Name: "app", UID: testUID}},

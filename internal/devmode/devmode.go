@@ -170,6 +170,8 @@ func (in *instance) settle() error {
 	s.Log = in.c.Log
 	s.HTTPAddr = in.httpLn.Addr().String()
 	s.Policy.Namespaces = in.c.Namespaces // set by connectCluster with --kubeconfig, else ""
+	// Dev mode's tokens are bound to no pod, and a --kubeconfig user may not list pods.
+	s.VerifyBoundObjects = false
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}

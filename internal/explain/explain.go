@@ -44,6 +44,7 @@ func Run(ctx context.Context, c settings.Explain, w io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(w, "  account    %s (%s)\n", choice.Account, choice.Why)
+	WriteRBAC(w, c)
 	return nil
 }
 
@@ -102,6 +103,28 @@ func newClient(c settings.Explain) (metadata.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return client, nil
+}
+
+// WriteRBAC states what the sidecar must be allowed to read with c's settings, as the Helm
+// values grant it.
+func WriteRBAC(w io.Writer, c settings.Explain) {
+	scope := "all namespaces"
+	if ns := c.Policy.WatchedNamespaces(); len(ns) > 0 {
+		scope = "namespaces " + strings.Join(ns, ", ")
+	}
+	fmt.Fprintf(w, "sidecar RBAC  serviceaccounts: get, list, watch (%s)\n", scope)
+	if len(c.Accounts.AllowedList()) > 0 {
+		fmt.Fprintf(w, "              namespaces: get, list, watch (%s; NATS_ALLOWED_ACCOUNTS reads their %s label)\n", scope, kube.LabelAccount)
+	}
+	if !c.VerifyBoundObjects {
+		fmt.Fprintln(w, "              pods, nodes: none (VERIFY_BOUND_OBJECTS=false: bound pods are not checked)")
+		return
+	}
+	fmt.Fprintf(w, "              pods: get, list, watch (%s); nodes: get (VERIFY_BOUND_OBJECTS)\n", scope)
+	fmt.Fprintln(w, "              secrets: none; tokens bound to a Secret are refused (bound_object_unverifiable) without get on secrets")
+	if c.BindSourceIP {
+		fmt.Fprintln(w, "              BIND_SOURCE_IP: a token logs in only from its pod's IPs (pods: get)")
+	}
 }
 
 // lookup reads the ServiceAccount from the manifest or the cluster.

@@ -49,6 +49,8 @@ func TestExplain(t *testing.T) {
 		"shop.admin.x: publish refused, subscribe allowed\n",
 		"_INBOX.x: publish refused, subscribe refused\n",
 		"shop.*: wildcards are not checked here",
+		"sidecar RBAC  serviceaccounts: get, list, watch (all namespaces)\n",
+		"pods: get, list, watch (all namespaces); nodes: get (VERIFY_BOUND_OBJECTS)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -63,6 +65,15 @@ func TestExplain(t *testing.T) {
 	if !strings.Contains(out, `ignored    nats.io/allowed-pub-subjects: dropped "billing.charges.create": outside the annotation subject limit shop.>`) ||
 		!strings.Contains(out, "billing.charges.create: publish refused") {
 		t.Errorf("with ANNOTATION_SUBJECT_LIMIT:\n%s", out)
+	}
+
+	// The RBAC follows the settings.
+	out, err = run(t, map[string]string{"VERIFY_BOUND_OBJECTS": "false", "WATCH_NAMESPACES": "shop"}, "shop/orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "serviceaccounts: get, list, watch (namespaces shop)") || !strings.Contains(out, "pods, nodes: none (VERIFY_BOUND_OBJECTS=false") {
+		t.Errorf("with VERIFY_BOUND_OBJECTS=false:\n%s", out)
 	}
 
 	// Refusals say why, as a decision would.

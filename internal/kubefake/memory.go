@@ -25,15 +25,17 @@ import (
 // as with an API server whose watch cache has moved on.
 const memoryHistory = 1024
 
-// MemoryCluster keeps ServiceAccounts in memory behind the Kubernetes metadata API: a kube.Store
-// built on its Client lists and watches them with the calls it makes against an API server,
-// with resource versions, so informers see every change exactly once. It stands in for a
+// MemoryCluster keeps ServiceAccounts and pods (pods.go) in memory behind the Kubernetes
+// metadata API: a kube.Store or kube.PodCache built on its Client lists and watches them with
+// the calls it makes against an API server, with resource versions, so informers see every change exactly once. It stands in for a
 // cluster in dev mode and in tests, and is safe for concurrent use.
 type MemoryCluster struct {
 	mu      sync.Mutex
 	rv      uint64
-	objects map[string]*kube.ServiceAccount // by namespace/name
-	history []watch.Event                   // the last memoryHistory changes, oldest first
+	objects map[string]*kube.ServiceAccount          // by namespace/name
+	pods    map[string]*metav1.PartialObjectMetadata // by namespace/name (pods.go)
+	podIPs  map[string][]string                      // status.podIPs, by namespace/name
+	history []watch.Event                            // the last memoryHistory changes, oldest first
 	events  *watch.Broadcaster
 }
 
@@ -41,6 +43,8 @@ type MemoryCluster struct {
 func NewMemoryCluster(sas ...*kube.ServiceAccount) (*MemoryCluster, error) {
 	m := &MemoryCluster{
 		objects: map[string]*kube.ServiceAccount{},
+		pods:    map[string]*metav1.PartialObjectMetadata{},
+		podIPs:  map[string][]string{},
 		events:  watch.NewLongQueueBroadcaster(memoryHistory, watch.WaitIfChannelFull),
 	}
 	for _, sa := range sas {
@@ -60,16 +64,21 @@ func (m *MemoryCluster) Client() metadata.Interface { return memoryClient{m} }
 
 var serviceAccountsGroupResource = kube.ServiceAccountsResource.GroupResource()
 
-// commit records a change under m.mu: it gives obj the next resource version, stores it (or
-// removes it for a deletion) and tells the watchers.
+// commit records a change of a ServiceAccount under m.mu: it gives obj the next resource
+// version, stores it (or removes it for a deletion) and tells the watchers.
 func (m *MemoryCluster) commit(typ watch.EventType, obj *kube.ServiceAccount) *kube.ServiceAccount {
+	return m.commitIn(m.objects, typ, obj)
+}
+
+// commitIn is commit for the objects of one kind, kept in store.
+func (m *MemoryCluster) commitIn(store map[string]*metav1.PartialObjectMetadata, typ watch.EventType, obj *metav1.PartialObjectMetadata) *metav1.PartialObjectMetadata {
 	m.rv++
 	obj.ResourceVersion = strconv.FormatUint(m.rv, 10)
 	key := obj.Namespace + "/" + obj.Name
 	if typ == watch.Deleted {
-		delete(m.objects, key)
+		delete(store, key)
 	} else {
-		m.objects[key] = obj
+		store[key] = obj
 	}
 	e := watch.Event{Type: typ, Object: obj.DeepCopy()}
 	m.history = append(m.history, e)
@@ -93,7 +102,7 @@ func (m *MemoryCluster) Create(_ context.Context, sa *kube.ServiceAccount) (*kub
 		return nil, apierrors.NewAlreadyExists(serviceAccountsGroupResource, sa.Namespace+"/"+sa.Name)
 	}
 	obj := sa.DeepCopy()
-	obj.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}
+	obj.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: serviceAccountKind}
 	if obj.UID == "" {
 		obj.UID = uuid.NewUUID()
 	}
@@ -157,6 +166,10 @@ func (m *MemoryCluster) List(_ context.Context, namespace, labelSelector string)
 }
 
 func (m *MemoryCluster) list(namespace string, opts metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {
+	return m.listIn(m.objects, namespace, opts)
+}
+
+func (m *MemoryCluster) listIn(store map[string]*metav1.PartialObjectMetadata, namespace string, opts metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {
 	if opts.FieldSelector != "" {
 		return nil, apierrors.NewBadRequest("field selectors are not supported")
 	}
@@ -170,8 +183,8 @@ func (m *MemoryCluster) list(namespace string, opts metav1.ListOptions) (*metav1
 		TypeMeta: metav1.TypeMeta{APIVersion: "meta.k8s.io/v1", Kind: "PartialObjectMetadataList"},
 		ListMeta: metav1.ListMeta{ResourceVersion: strconv.FormatUint(m.rv, 10)},
 	}
-	for _, key := range slices.Sorted(maps.Keys(m.objects)) {
-		sa := m.objects[key]
+	for _, key := range slices.Sorted(maps.Keys(store)) {
+		sa := store[key]
 		if (namespace == "" || sa.Namespace == namespace) && sel.Matches(labels.Set(sa.Labels)) {
 			out.Items = append(out.Items, *sa.DeepCopy())
 		}
@@ -179,9 +192,9 @@ func (m *MemoryCluster) list(namespace string, opts metav1.ListOptions) (*metav1
 	return out, nil
 }
 
-// watch streams the changes after opts.ResourceVersion ("" or "0": from now) in a namespace
-// ("" = all).
-func (m *MemoryCluster) watch(namespace string, opts metav1.ListOptions) (watch.Interface, error) {
+// watch streams the changes of objects of kind after opts.ResourceVersion ("" or "0": from
+// now) in a namespace ("" = all).
+func (m *MemoryCluster) watch(kind, namespace string, opts metav1.ListOptions) (watch.Interface, error) {
 	if opts.FieldSelector != "" || opts.LabelSelector != "" {
 		return nil, apierrors.NewBadRequest("watch selectors are not supported")
 	}
@@ -204,12 +217,9 @@ func (m *MemoryCluster) watch(namespace string, opts metav1.ListOptions) (watch.
 	if err != nil {
 		return nil, err
 	}
-	if namespace == "" {
-		return w, nil
-	}
 	return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
-		sa, ok := e.Object.(*kube.ServiceAccount)
-		return e, ok && sa.Namespace == namespace
+		o, ok := e.Object.(*metav1.PartialObjectMetadata)
+		return e, ok && o.Kind == kind && (namespace == "" || o.Namespace == namespace)
 	}), nil
 }
 
@@ -237,15 +247,20 @@ func (r memoryResource) Namespace(ns string) metadata.ResourceInterface {
 }
 
 func (r memoryResource) check() error {
-	if r.gvr != kube.ServiceAccountsResource {
+	if r.gvr != kube.ServiceAccountsResource && r.gvr != kube.PodsResource {
 		return apierrors.NewNotFound(r.gvr.GroupResource(), "")
 	}
 	return nil
 }
 
+func (r memoryResource) pods() bool { return r.gvr == kube.PodsResource }
+
 func (r memoryResource) Get(ctx context.Context, name string, _ metav1.GetOptions, subresources ...string) (*metav1.PartialObjectMetadata, error) {
 	if err := r.check(); err != nil || len(subresources) > 0 {
 		return nil, errors.Join(err, errNoSubresources(subresources))
+	}
+	if r.pods() {
+		return r.m.GetPod(ctx, r.namespace, name)
 	}
 	return r.m.Get(ctx, r.namespace, name)
 }
@@ -254,6 +269,9 @@ func (r memoryResource) List(_ context.Context, opts metav1.ListOptions) (*metav
 	if err := r.check(); err != nil {
 		return nil, err
 	}
+	if r.pods() {
+		return r.m.listIn(r.m.pods, r.namespace, opts)
+	}
 	return r.m.list(r.namespace, opts)
 }
 
@@ -261,12 +279,18 @@ func (r memoryResource) Watch(_ context.Context, opts metav1.ListOptions) (watch
 	if err := r.check(); err != nil {
 		return nil, err
 	}
-	return r.m.watch(r.namespace, opts)
+	if r.pods() {
+		return r.m.watch(podKind, r.namespace, opts)
+	}
+	return r.m.watch(serviceAccountKind, r.namespace, opts)
 }
 
 func (r memoryResource) Delete(ctx context.Context, name string, _ metav1.DeleteOptions, subresources ...string) error {
 	if err := r.check(); err != nil || len(subresources) > 0 {
 		return errors.Join(err, errNoSubresources(subresources))
+	}
+	if r.pods() {
+		return r.m.DeletePod(ctx, r.namespace, name)
 	}
 	return r.m.Delete(ctx, r.namespace, name)
 }

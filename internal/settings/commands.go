@@ -72,6 +72,8 @@ type Explain struct {
 	Account      string
 	Accounts     Accounts
 	AccountLabel string
+	// VerifyBoundObjects and BindSourceIP are serve's, for the RBAC explain states.
+	VerifyBoundObjects, BindSourceIP bool
 	// Target is NAMESPACE/SERVICEACCOUNT; Subjects are the subjects to check.
 	Namespace, Name string
 	Subjects        []string
@@ -81,6 +83,7 @@ type Explain struct {
 func ExplainTable(c *Explain, inPod bool) Table {
 	s := kubeSettings(&c.Kube, inPod)
 	s = append(s, policySettings(&c.Policy)...)
+	s = append(s, boundSettings(&c.VerifyBoundObjects, &c.BindSourceIP)...)
 	s = append(s, String(&c.Manifest, "", "manifest", "", "read the ServiceAccount from this manifest (YAML, as dev mode takes) instead of a cluster").optional())
 	s = append(s, natsAccountSetting(&c.Account).optional())
 	s = append(s, accountSettings(&c.Accounts)...)

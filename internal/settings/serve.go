@@ -57,6 +57,8 @@ type Serve struct {
 	RequestTimeout        time.Duration
 	JWKSRefresh           time.Duration
 	TokenCacheSize        int
+	VerifyBoundObjects    bool
+	BindSourceIP          bool
 	ShowVersion           bool
 
 	// JWKSURLSet says JWKS_URL was given; otherwise a kubeconfig's API server serves the JWKS.
@@ -116,6 +118,18 @@ func policySettings(p *Policy) []*Setting {
 	}
 }
 
+// boundSettings are VERIFY_BOUND_OBJECTS and BIND_SOURCE_IP.
+func boundSettings(verify, sourceIP *bool) []*Setting {
+	return []*Setting{
+		Bool(verify, "VERIFY_BOUND_OBJECTS", "verify-bound-objects", true,
+			"refuse a token whose bound pod, Secret or node is gone or was recreated (needs list/watch on pods); false turns it off").
+			doc("a token bound to a pod, Secret or node (projected tokens are bound to their pod) is refused once that object is gone or was recreated under the same name (`pod_not_found`, `pod_uid_mismatch`, ...), as Kubernetes' TokenReview does. Needs `list` and `watch` on pods (a metadata-only informer) and `get` on nodes; `false` turns it off for clusters that will not grant that (see [Bound tokens](bound-tokens.md))"),
+		Bool(sourceIP, "BIND_SOURCE_IP", "bind-source-ip", false,
+			"accept a token only from its bound pod's IPs (source_ip_mismatch otherwise); needs VERIFY_BOUND_OBJECTS and get on pods").
+			doc("accept a token only from the IPs of the pod it is bound to (`status.podIPs`): a client connecting from any other address is refused (`source_ip_mismatch`), and the user JWT carries the IPs as its allowed sources. A token bound to no pod, or a pod without an IP yet, is refused (`pod_no_ip`). Needs `VERIFY_BOUND_OBJECTS` and `get` on pods; does not work for host-network pods or behind proxies and NAT (see [Bound tokens](bound-tokens.md#source-pinning))"),
+	}
+}
+
 func logSettings(l *Log, format string) []*Setting {
 	return []*Setting{
 		String(&l.Level, "LOG_LEVEL", "log-level", "info", "debug, info, warn or error").doc("`debug`, `info`, `warn`, `error`"),
@@ -157,6 +171,7 @@ func ServeTable(c *Serve, inPod bool) Table {
 	s = append(s, String(&c.HTTPAddr, "HTTP_ADDR", "http-addr", ":8080", "address for /healthz, /readyz and /metrics").doc("`/healthz`, `/readyz`, `/metrics`"))
 	s = append(s, policySettings(&c.Policy)...)
 	s = append(s, accountSettings(&c.Accounts)...)
+	s = append(s, boundSettings(&c.VerifyBoundObjects, &c.BindSourceIP)...)
 	s = append(s,
 		Duration(&c.MaxTTL, "USER_JWT_MAX_TTL", "user-jwt-max-ttl", DefaultMaxTTL, "cap on user JWT lifetime, never beyond the token's expiry; 0 means the token's expiry").
 			doc("cap on the user JWT lifetime, never later than the token's `exp`: a client reconnects, and its token and ServiceAccount are checked again, at least this often. The default is Kubernetes' default projected-token lifetime; `0` means the token's `exp` alone, which for a long-lived token is years (see [Security](security.md))"),
@@ -262,6 +277,8 @@ func (c Serve) Validate() error {
 		return errors.New("TOKEN_CACHE_SIZE must not be negative (0 turns the cache off)")
 	case c.JWKSRefresh < time.Minute:
 		return fmt.Errorf("JWKS_REFRESH_INTERVAL: %s is too short (minimum 1m)", c.JWKSRefresh)
+	case c.BindSourceIP && !c.VerifyBoundObjects:
+		return errors.New("BIND_SOURCE_IP=true needs VERIFY_BOUND_OBJECTS=true: a user is pinned to the pod its token is bound to, which must be checked to exist")
 	}
 	if _, err := url.ParseRequestURI(c.JWKSURL); err != nil {
 		return fmt.Errorf("JWKS_URL: %q is not a URL", c.JWKSURL)

@@ -32,15 +32,25 @@ type readiness struct {
 	accounts func() error
 }
 
-func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
-	h *callout.Handler, op *operatorCheck, rv *revoke.Revoker) readiness {
-	return readiness{handler: h, operator: op, revoker: rv, checks: []check{
+func newReadiness(store *kube.Store, pods *kube.PodCache, verifier *kube.Verifier, jwksURL string, svc *callout.Service, f *files,
+	h *callout.Handler, op *operatorCheck) readiness {
+	checks := []check{
 		{"informer", func() error {
 			if !store.HasSynced() {
 				return errors.New("ServiceAccount informer has not synced")
 			}
 			return nil
 		}},
+	}
+	if pods != nil {
+		checks = append(checks, check{"pods", func() error {
+			if !pods.HasSynced() {
+				return errors.New("pod informer has not synced (VERIFY_BOUND_OBJECTS)")
+			}
+			return nil
+		}})
+	}
+	return readiness{handler: h, operator: op, checks: append(checks, []check{
 		{"jwks", func() error {
 			if verifier.KeyCount() == 0 {
 				return fmt.Errorf("no JWKS keys loaded from %s", jwksURL)
@@ -54,7 +64,13 @@ func newReadiness(store *kube.Store, verifier *kube.Verifier, jwksURL string, sv
 			}
 			return nil
 		}},
-	}}
+	}...)}
+}
+
+// withRevoker adds live revocation's warning, when it is on (rv not nil).
+func (r readiness) withRevoker(rv *revoke.Revoker) readiness {
+	r.revoker = rv
+	return r
 }
 
 // withAccounts adds, with tenant accounts (ns not nil), the Namespace cache's check and the

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/revoke"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/settings"
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/kube"
@@ -34,6 +36,31 @@ func (s *sidecar) buildAccounts(c settings.Serve, d Deps, onRevocation kube.Revo
 		return nil, fmt.Errorf("NATS_ACCOUNT or NATS_ALLOWED_ACCOUNTS: %w", err)
 	}
 	return a, nil
+}
+
+// buildBound makes the pod cache and the bound-object checks when VERIFY_BOUND_OBJECTS is on,
+// and the source pinning when BIND_SOURCE_IP is; nil interfaces when they are off.
+func (s *sidecar) buildBound(c settings.Serve, d Deps, onRevocation kube.RevocationSink) (callout.BoundObjectChecker, callout.SourcePinner, error) {
+	if !c.VerifyBoundObjects {
+		return nil, nil, nil
+	}
+	if c.BindSourceIP && d.PodStatus == nil {
+		return nil, nil, errors.New("BIND_SOURCE_IP: no client to read pod addresses with")
+	}
+	var err error
+	if s.pods, err = kube.NewPodCache(d.Client, kube.PodCacheConfig{
+		Namespaces: c.Policy.WatchedNamespaces(), Logger: d.Log, Registerer: d.Registry, OnRevocation: onRevocation,
+	}); err != nil {
+		return nil, nil, fmt.Errorf("VERIFY_BOUND_OBJECTS: %w", err)
+	}
+	bound, err := kube.NewBoundObjects(kube.BoundConfig{Pods: s.pods, Client: d.Client, PodStatus: d.PodStatus})
+	if err != nil {
+		return nil, nil, fmt.Errorf("VERIFY_BOUND_OBJECTS: %w", err)
+	}
+	if c.BindSourceIP {
+		return bound, bound, nil
+	}
+	return bound, nil, nil
 }
 
 // newRevoker builds live revocation when NATS_SYSTEM_CREDS_FILE is set. Without it a grant lasts

@@ -28,8 +28,11 @@ import (
 // Deps are the outside-world parts Run works with: main builds the real ones, dev mode and
 // tests their stand-ins.
 type Deps struct {
-	// Client reads ServiceAccount metadata (list and watch).
+	// Client reads ServiceAccount and pod metadata (list and watch), and the metadata of the
+	// Secrets and nodes tokens are bound to (get).
 	Client metadata.Interface
+	// PodStatus reads a bound pod's addresses; required with BIND_SOURCE_IP.
+	PodStatus kube.PodStatusGetter
 	// JWKSURL and HTTPClient fetch the token issuer's keys.
 	JWKSURL    string
 	HTTPClient *http.Client
@@ -67,7 +70,8 @@ type sidecar struct {
 	watcher *reload.Watcher
 	files   *files
 	store   *kube.Store
-	ns      *kube.NamespaceCache
+	ns      *kube.NamespaceCache // nil unless NATS_ALLOWED_ACCOUNTS
+	pods    *kube.PodCache       // nil unless VERIFY_BOUND_OBJECTS
 	svc     *callout.Service
 	revoker *revoke.Revoker // nil: live revocation is off
 	op      *operatorCheck
@@ -124,6 +128,10 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("WATCH_NAMESPACES or DEFAULT_*_SUBJECTS: %w", err)
 	}
+	bound, sources, err := s.buildBound(c, d, onRevocation)
+	if err != nil {
+		return nil, err
+	}
 	verifier, err := kube.NewVerifier(ctx, kube.VerifierConfig{
 		JWKSURL: d.JWKSURL, HTTPClient: d.HTTPClient, Issuer: c.Issuer, Audience: c.Audience,
 		RefreshInterval: c.JWKSRefresh, TokenCacheSize: tokenCacheSize(c.TokenCacheSize), Logger: log, Registerer: reg,
@@ -133,7 +141,7 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}
 	metrics := callout.NewMetrics(reg)
 	handler, err := callout.NewHandler(callout.HandlerConfig{
-		Verifier: verifier, Policies: s.store, SigningKeys: s.files.signingKeys, XKey: s.files.xkey,
+		Verifier: verifier, Policies: s.store, Bound: bound, Sources: sources, SigningKeys: s.files.signingKeys, XKey: s.files.xkey,
 		Account: c.Account, MaxTTL: c.MaxTTL, Logger: log, Metrics: metrics, Operator: operator,
 	})
 	if err != nil {
@@ -145,7 +153,8 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ready := newReadiness(s.store, verifier, d.JWKSURL, s.svc, s.files, handler, s.op, s.revoker).withAccounts(s.ns, accounts, handler)
+	ready := newReadiness(s.store, s.pods, verifier, d.JWKSURL, s.svc, s.files, handler, s.op).
+		withAccounts(s.ns, accounts, handler).withRevoker(s.revoker)
 	s.srv = &http.Server{Handler: newMux(ready, reg), ReadHeaderTimeout: 5 * time.Second}
 	if s.ln = d.Listener; s.ln == nil {
 		if s.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", c.HTTPAddr); err != nil {
@@ -155,7 +164,8 @@ func build(ctx context.Context, c settings.Serve, d Deps) (*sidecar, error) {
 	log.Info("starting", "version", d.Version, "commit", d.Commit, "nats_url", callout.RedactURL(c.NATSURL), "account", c.Account,
 		"allowed_accounts", c.Accounts.AllowedList(),
 		"issuers", s.files.signingKeys(), "jwks_url", d.JWKSURL, "jwt_issuer", c.Issuer, "audience", c.Audience,
-		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil)
+		"http_addr", s.ln.Addr().String(), "encrypted", c.XKeyFile != "", "tls", c.TLS() != nil,
+		"verify_bound_objects", c.VerifyBoundObjects, "bind_source_ip", c.BindSourceIP)
 	return s, nil
 }
 
@@ -168,8 +178,11 @@ func (s *sidecar) start(ctx context.Context, g *errgroup.Group) {
 	if s.ns != nil {
 		g.Go(func() error { return s.ns.Run(ctx) })
 	}
+	if s.pods != nil {
+		g.Go(func() error { return s.pods.Run(ctx) })
+	}
 	g.Go(func() error {
-		if s.store.WaitSynced(ctx) {
+		if s.store.WaitSynced(ctx) && (s.pods == nil || s.pods.WaitSynced(ctx)) {
 			restoreGC()
 		}
 		return nil

@@ -2,6 +2,7 @@ package sidecar_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -191,7 +192,7 @@ func TestRun(t *testing.T) {
 
 	testsupport.WaitFor(t, "/readyz answers 200", 10*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
 	_, body := p.get("/readyz")
-	for _, want := range []string{"[+] informer ok", "[+] jwks ok", "[+] nats ok", "[+] signing_key ok"} {
+	for _, want := range []string{"[+] informer ok", "[+] pods ok", "[+] jwks ok", "[+] nats ok", "[+] signing_key ok"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/readyz lacks %q:\n%s", want, body)
 		}
@@ -270,6 +271,8 @@ func TestRunStopsOnBadFiles(t *testing.T) {
 		{"creds not a seed", func(c *settings.Serve, _ string) { c.CredsFile = c.SigningKeyFile }, "NATS_CREDS_FILE"},
 		{"xkey not a curve key", func(c *settings.Serve, _ string) { c.XKeyFile = c.SigningKeyFile }, "NATS_XKEY_FILE"},
 		{"system creds not a user", func(c *settings.Serve, _ string) { c.SystemCredsFile = c.SigningKeyFile }, "NATS_SYSTEM_CREDS_FILE"},
+		// Deps.PodStatus is nil in newPod.
+		{"source pinning without a pod status client", func(c *settings.Serve, _ string) { c.BindSourceIP = true }, "BIND_SOURCE_IP"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPod(t)
@@ -415,4 +418,43 @@ func TestRunRotatesSystemCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	testsupport.WaitFor(t, "connection closed after the rotation", 5*time.Second, nc.IsClosed)
+}
+
+// TestRunBoundPods wires VERIFY_BOUND_OBJECTS and BIND_SOURCE_IP: a token bound to a pod whose
+// IP is the client's logs in until the pod is deleted.
+func TestRunBoundPods(t *testing.T) {
+	p := newPod(t)
+	p.settings.BindSourceIP = true
+	p.deps.PodStatus = p.cluster
+	p.token("team-a", "app", nil)
+	pod, err := p.cluster.CreatePod(context.Background(), "team-a", "app-0", "", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := p.issuer.Claims("team-a", "app", "uid-team-a-app", []string{"nats"}, time.Hour)
+	claims.Kubernetes.Pod = &kube.ObjectRef{Name: pod.Name, UID: string(pod.UID)}
+	tok, err := p.issuer.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.run()
+	testsupport.WaitFor(t, "/readyz answers 200", 10*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
+	nc, err := nats.Connect(p.settings.NATSURL, nats.Token(tok), nats.NoReconnect())
+	if err != nil {
+		t.Fatalf("token bound to a pod at the client's address: %v", err)
+	}
+	nc.Close()
+	if err := p.cluster.DeletePod(context.Background(), "team-a", "app-0"); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.WaitFor(t, "token of the deleted pod refused", 10*time.Second, func() bool {
+		nc, err := nats.Connect(p.settings.NATSURL, nats.Token(tok), nats.NoReconnect())
+		if err == nil {
+			nc.Close()
+		}
+		return errors.Is(err, nats.ErrAuthorization)
+	})
+	if !strings.Contains(p.logs.String(), `"reason":"pod_not_found"`) {
+		t.Errorf("no pod_not_found decision in the log:\n%s", p.logs.String())
+	}
 }
