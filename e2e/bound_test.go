@@ -127,12 +127,14 @@ func TestBoundPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want := fmt.Sprintf("system:serviceaccount:%s:app uid=", ns)
+	wantPod := fmt.Sprintf(" pod=web-0 pod-uid=%s", pod.UID)
 	found := false
 	for _, c := range conns {
-		found = found || c.AuthorizedUser == "system:serviceaccount:"+ns+":app"
+		found = found || strings.HasPrefix(c.AuthorizedUser, want) && strings.HasSuffix(c.AuthorizedUser, wantPod)
 	}
 	if !found {
-		t.Errorf("connz: no connection with authorized_user system:serviceaccount:%s:app in %+v", ns, conns)
+		t.Errorf("connz: no connection with authorized_user %s...%s in %+v", want, wantPod, conns)
 	}
 	nc.Close()
 

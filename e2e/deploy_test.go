@@ -34,6 +34,9 @@ type deployOpts struct {
 	tls *tlsConf
 	// accounts are more accounts in the server config, e.g. tenant accounts.
 	accounts []string
+	// revocation adds a system account user and turns on live revocation
+	// (NATS_SYSTEM_CREDS_FILE).
+	revocation bool
 }
 
 // deployKeys are the nkeys of one deployment.
@@ -124,10 +127,19 @@ func newDeployment(t *testing.T, o deployOpts) *deployment {
 	if o.static != nil {
 		suite.noteSecret(o.static.password, "static user password")
 	}
+	env := o.serviceEnv
+	if o.revocation {
+		system := newUserKey(t)
+		files[keySystem] = seedFile(t, system)
+		d.conf.systemUser = pubOf(t, system)
+	}
 	d.vol = newSecretVolume(t, d.dir+"/secret", files)
+	if o.revocation {
+		env = append([]string{"NATS_SYSTEM_CREDS_FILE=" + d.vol.path(keySystem)}, env...)
+	}
 	d.nats = startNATS(t, d.dir, "nats", d.conf)
 	d.svc = startService(t, d.dir, "callout", d.nats.url(), d.vol, serviceOpts{
-		xkey: o.xkey && !o.serviceWithoutXKey, env: o.serviceEnv,
+		xkey: o.xkey && !o.serviceWithoutXKey, env: env,
 	})
 	return d
 }

@@ -205,6 +205,25 @@ func TestRevocation(t *testing.T) {
 		}
 	})
 
+	t.Run("its bound pod is deleted", func(t *testing.T) {
+		newServiceAccount(t, ns, "bound", nil)
+		pod := newPod(t, ns, "bound-0", "bound")
+		tok := podToken(t, pod)
+		connectWhenKnown(t, c.servers[1].url(), tok).Close()
+		h := holdConn(t, c.servers[1], tok)
+		changed := time.Now()
+		deletePod(t, ns, pod.Name)
+		h.closedWithin(t, "bound pod deleted", changed, 5*time.Second)
+		select {
+		case <-h.reconnects:
+			t.Error("the client got back in after its pod was deleted")
+		case <-time.After(2 * time.Second):
+		}
+		if n := c.revoked(t, "pod_deleted"); n != 1 {
+			t.Errorf("pod_deleted revocations over the sidecars = %v, want 1", n)
+		}
+	})
+
 	if !neighbour.nc.IsConnected() || len(neighbour.disconnected) > 0 {
 		t.Error("the neighbour ServiceAccount's connection on the same server was closed")
 	}
@@ -212,7 +231,66 @@ func TestRevocation(t *testing.T) {
 	for _, sc := range c.sidecars {
 		lines += strings.Count(sc.p.log(), `"msg":"connection revoked"`)
 	}
-	if lines != 2 {
-		t.Errorf("%d \"connection revoked\" log lines over the sidecars, want 2", lines)
+	if lines != 3 {
+		t.Errorf("%d \"connection revoked\" log lines over the sidecars, want 3", lines)
+	}
+}
+
+// Scenario: a namespace moved to another tenant account. Its connections are closed and log in
+// again into the new account; a connection of another namespace stays.
+func TestRevocationAccountMoved(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, deployOpts{
+		revocation: true, accounts: []string{"TEAM_A", "TEAM_B"},
+		serviceEnv: []string{"NATS_ALLOWED_ACCOUNTS=TEAM_A,TEAM_B"},
+	})
+	moving, staying := "revoke-moving", "revoke-staying"
+	labelNamespace(t, moving, "TEAM_A")
+	labelNamespace(t, staying, "TEAM_A")
+	newServiceAccount(t, moving, "app", nil)
+	newServiceAccount(t, staying, "app", nil)
+	movingTok, stayingTok := token(t, moving, "app"), token(t, staying, "app")
+	connectWhenKnown(t, d.nats.url(), movingTok).Close()
+	connectWhenKnown(t, d.nats.url(), stayingTok).Close()
+	held, other := holdConn(t, d.nats, movingTok), holdConn(t, d.nats, stayingTok)
+	account := func(h *heldConn) string {
+		conns, err := d.nats.connz()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cid, err := h.nc.GetClientID()
+		if err != nil {
+			return ""
+		}
+		for _, c := range conns {
+			if c.Cid == cid {
+				return c.Account
+			}
+		}
+		return ""
+	}
+	if got := account(held); got != "TEAM_A" {
+		t.Fatalf("held connection in account %q, want TEAM_A", got)
+	}
+
+	changed := time.Now()
+	labelNamespace(t, moving, "TEAM_B")
+	held.closedWithin(t, "namespace moved to TEAM_B", changed, 5*time.Second)
+	select {
+	case <-held.reconnects:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not get back in with its token")
+	}
+	eventually(t, 5*time.Second, "the reconnected client in TEAM_B", func() error {
+		if got := account(held); got != "TEAM_B" {
+			return fmt.Errorf("in %q", got)
+		}
+		return nil
+	})
+	if !other.nc.IsConnected() || len(other.disconnected) > 0 {
+		t.Error("another namespace's connection was closed")
+	}
+	if n := d.svc.metrics(t).sum("nats_callout_revocations_total", "reason", "account_moved"); n != 1 {
+		t.Errorf("account_moved revocations = %v, want 1", n)
 	}
 }
