@@ -19,7 +19,7 @@ import (
 func TestHandlerAccounts(t *testing.T) {
 	account := "TEAM_A"
 	var refuse error
-	r := newRig(t, rigOptions{policy: func(id kube.Identity) (kube.Policy, error) {
+	r := newRig(t, rigOptions{policy: func(_ kube.Identity) (kube.Policy, error) {
 		if refuse != nil {
 			return kube.Policy{}, refuse
 		}
@@ -82,7 +82,7 @@ func TestHandlerAccountKeysOperator(t *testing.T) {
 	account := tenantPub
 	r := newRig(t, rigOptions{
 		operator: true,
-		policy: func(id kube.Identity) (kube.Policy, error) {
+		policy: func(_ kube.Identity) (kube.Policy, error) {
 			return kube.Policy{Account: account, Permissions: kube.Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}}, nil
 		},
 		accountKeys: func(a string) *callout.KeyRing {

@@ -49,7 +49,7 @@ func deletePod(t *testing.T, ns, name string) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there (%v)", err)
+		return fmt.Errorf("still there (%w)", err)
 	})
 }
 
@@ -102,7 +102,7 @@ func refusedFor(t *testing.T, d *deployment, tok, reason string) {
 			return errors.New("still allowed")
 		}
 		if got := d.svc.requests(t, "result", "denied", "reason", reason); got != before+1 {
-			return fmt.Errorf("refused (%v), but not for %s: %s", err, reason, d.svc.metrics(t).requestsString())
+			return fmt.Errorf("refused (%w), but not for %s: %s", err, reason, d.svc.metrics(t).requestsString())
 		}
 		return nil
 	})

@@ -81,7 +81,7 @@ func (r readiness) withAccounts(ns *kube.NamespaceCache, accounts *kube.Accounts
 	}
 	r.checks = append(r.checks, check{"namespaces", func() error {
 		if !ns.HasSynced() {
-			return errors.New("Namespace informer has not synced")
+			return errors.New("the Namespace informer has not synced")
 		}
 		return nil
 	}})
