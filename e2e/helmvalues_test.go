@@ -918,7 +918,7 @@ func newOperatorSetup(t *testing.T) *operatorSetup {
 	}
 
 	op, opPub := key(nkeys.CreateOperator)
-	_, sysPub := key(nkeys.CreateAccount)
+	sys, sysPub := key(nkeys.CreateAccount)
 	auth, authPub := key(nkeys.CreateAccount)
 	_, appPub := key(nkeys.CreateAccount)
 	authSK, authSKPub := key(nkeys.CreateAccount)
@@ -964,12 +964,24 @@ func newOperatorSetup(t *testing.T) *operatorSetup {
 	sc.Pub.Deny.Add(">")
 	sc.Sub.Deny.Add(">")
 	s.sentinel = encode(sc, auth)
+	// The system account's user (docs/operator-mode.md step 1's secrets/system.creds): live
+	// revocation logs in as it.
+	sysUser, sysUserPub := key(nkeys.CreateUser)
+	sysUserSeed, err := sysUser.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	systemCreds, err := natsjwt.FormatUserConfig(encode(natsjwt.NewUserClaims(sysUserPub), sys), sysUserSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	s.keys = map[string][]byte{
 		"callout.creds":   creds,
 		"auth-signing.nk": nkFile(authSK, authSKPub),
 		"app-signing.nk":  nkFile(appSK, appSKPub),
 		"xkey.nk":         nkFile(xkey, xkeyPub),
+		"system.creds":    systemCreds,
 	}
 	s.accounts = map[string][]byte{"auth.jwt": []byte(authJWT + "\n"), "app.jwt": []byte(appJWT + "\n")}
 	return s

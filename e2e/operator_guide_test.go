@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -143,6 +144,36 @@ func TestOperatorGuide(t *testing.T) {
 		r := natsCLI(t, "--server", url, "--token", "not-a-token", "pub", "shop.x", "x")
 		if r.exit == 0 || !strings.Contains(r.output, "Authorization Violation") {
 			t.Errorf("pub with a bad token: exit %d, want an authorization violation\n%s", r.exit, r.output)
+		}
+	})
+
+	t.Run("live revocation: a deleted ServiceAccount's connection is closed", func(t *testing.T) {
+		eventually(t, 15*time.Second, "/readyz without a revocation warning", func() error {
+			_, body, err := svc.get("/readyz")
+			if err == nil && strings.Contains(body, "[!] revocation") {
+				err = fmt.Errorf("%s", body)
+			}
+			return err
+		})
+		newServiceAccount(t, ns, "leaving", nil)
+		ltok := kubectlToken(t, ns, "leaving", "nats")
+		connectWhenKnown(t, url, ltok).Close()
+		nc, err := dial(url, nats.Token(ltok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if err := suite.kube.CoreV1().ServiceAccounts(ns).Delete(context.Background(), "leaving", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the connection closed", func() error {
+			if !nc.IsClosed() {
+				return errors.New("still open")
+			}
+			return nil
+		})
+		if n := svc.metrics(t).sum("nats_callout_revocations_total", "reason", "serviceaccount_deleted"); n != 1 {
+			t.Errorf("serviceaccount_deleted revocations = %v, want 1", n)
 		}
 	})
 
@@ -682,7 +713,7 @@ func (g *guideRun) updateObjects(t *testing.T) {
 var requiredSettings = []string{
 	"NATS_ACCOUNT", "NATS_MODE", "NATS_CREDS_FILE", "NATS_SIGNING_KEY_FILE",
 	"NATS_TARGET_SIGNING_KEY_FILE", "NATS_XKEY_FILE", "NATS_CALLOUT_ACCOUNT_JWT_FILE",
-	"NATS_TARGET_ACCOUNT_JWT_FILE",
+	"NATS_TARGET_ACCOUNT_JWT_FILE", "NATS_SYSTEM_CREDS_FILE",
 }
 
 // settings resolves step 4's table: a path names a file under the mounts, an nsc command is

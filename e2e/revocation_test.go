@@ -250,15 +250,12 @@ func TestRevocationAccountMoved(t *testing.T) {
 	newServiceAccount(t, moving, "app", nil)
 	newServiceAccount(t, staying, "app", nil)
 	movingTok, stayingTok := token(t, moving, "app"), token(t, staying, "app")
-	connectWhenKnown(t, d.nats.url(), movingTok).Close()
-	connectWhenKnown(t, d.nats.url(), stayingTok).Close()
-	held, other := holdConn(t, d.nats, movingTok), holdConn(t, d.nats, stayingTok)
-	account := func(h *heldConn) string {
+	accountOf := func(nc *nats.Conn) string {
 		conns, err := d.nats.connz()
 		if err != nil {
 			t.Fatal(err)
 		}
-		cid, err := h.nc.GetClientID()
+		cid, err := nc.GetClientID()
 		if err != nil {
 			return ""
 		}
@@ -269,6 +266,24 @@ func TestRevocationAccountMoved(t *testing.T) {
 		}
 		return ""
 	}
+	// Both labels must have reached the sidecar before the connections are held: a namespace
+	// the sidecar sees labelled only later moves from APP to TEAM_A, which closes its
+	// connections too.
+	for _, tok := range []string{movingTok, stayingTok} {
+		eventually(t, 15*time.Second, "a fresh login in TEAM_A", func() error {
+			nc, err := dial(d.nats.url(), nats.Token(tok))
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if got := accountOf(nc); got != "TEAM_A" {
+				return fmt.Errorf("in %q", got)
+			}
+			return nil
+		})
+	}
+	held, other := holdConn(t, d.nats, movingTok), holdConn(t, d.nats, stayingTok)
+	account := func(h *heldConn) string { return accountOf(h.nc) }
 	if got := account(held); got != "TEAM_A" {
 		t.Fatalf("held connection in account %q, want TEAM_A", got)
 	}

@@ -155,7 +155,7 @@ func (c *NamespaceCache) moved(old, cur any) {
 	c.log.Info("namespace moved to another NATS account; its live connections keep the old one until they log in again",
 		"namespace", n.Name, "from", c.effective(o), "to", c.effective(n))
 	if c.revoke != nil {
-		c.revoke(Revocation{Reason: RevokeAccountMoved, Namespace: n.Name})
+		c.revoke(Revocation{Reason: RevokeAccountMoved, Namespace: n.Name, Account: c.effective(n)})
 	}
 }
 

@@ -112,7 +112,7 @@ func TestNamespaceCacheLabelsAndMoves(t *testing.T) {
 	})
 	testsupport.WaitFor(t, "revocation", 10*time.Second, func() bool { return len(rev.list()) > 0 })
 	got := rev.list()
-	want := kube.Revocation{Reason: kube.RevokeAccountMoved, Namespace: "team-a"}
+	want := kube.Revocation{Reason: kube.RevokeAccountMoved, Namespace: "team-a", Account: "TEAM_B"}
 	if len(got) != 1 || got[0] != want {
 		t.Fatalf("revocations = %+v, want only %+v", got, want)
 	}

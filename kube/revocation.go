@@ -19,6 +19,9 @@ type Revocation struct {
 	UID string
 	// PodUID, when set, narrows the change to connections whose token was bound to this pod.
 	PodUID string
+	// Account, when set, is where the namespace's connections belong now (RevokeAccountMoved):
+	// connections already in it, logged in since the change, are left alone.
+	Account string
 }
 
 // Revocation reasons: the reason label of nats_callout_revocations_total and the decision log.

@@ -130,6 +130,20 @@ system_account: SYS
 	if got := revoked(kube.RevokeServiceAccountDeleted); got != 1 {
 		t.Errorf("serviceaccount_deleted revocations = %v, want 1", got)
 	}
+	// The namespace moves: a connection already in the account it moved to stays (it logged in
+	// since the move); one elsewhere is closed. Only the namespace's connections.
+	r.Notify(kube.Revocation{Reason: kube.RevokeAccountMoved, Namespace: "shop", Account: "APP"})
+	time.Sleep(time.Second)
+	if !up(web.ConnectionName()) {
+		t.Error("a connection already in the namespace's new account was closed")
+	}
+	r.Notify(kube.Revocation{Reason: kube.RevokeAccountMoved, Namespace: "shop", Account: "TEAM_B"})
+	testsupport.WaitFor(t, "shop/web's connection closed", 5*time.Second, func() bool { return !up(web.ConnectionName()) })
+	for _, id := range []string{bank.ConnectionName(), "alice"} {
+		if !up(id) {
+			t.Errorf("%s closed by shop's move", id)
+		}
+	}
 	log := logs.String()
 	for _, want := range []string{`"msg":"connection revoked"`, `"reason":"pod_deleted"`, `"pod":"api-1"`, `"server":"n1"`, `"client_id":`} {
 		if !strings.Contains(log, want) {

@@ -86,7 +86,7 @@ func (r *Revoker) sweep(nc *nats.Conn, batch map[kube.Revocation]time.Time) erro
 				continue // not a ServiceAccount's connection
 			}
 			for rv, at := range batch {
-				if !rv.Matches(id) {
+				if !rv.Matches(id) || rv.Account != "" && c.Account == rv.Account {
 					continue
 				}
 				if err := r.kick(nc, srv, c, id, rv, at); err != nil {
