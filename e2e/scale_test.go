@@ -32,6 +32,7 @@ import (
 // succeeds; figures come from the printed table, never from assertions.
 func TestScale(t *testing.T) {
 	n := envInt(t, "E2E_SCALE_SERVICEACCOUNTS", 1000)
+	pods := envInt(t, "E2E_SCALE_PODS", 200)
 	logins := envInt(t, "E2E_SCALE_LOGINS", 200)
 	d := &deployment{dir: testDir(t)}
 	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
@@ -56,11 +57,13 @@ func TestScale(t *testing.T) {
 	spaces := min(max(n/500, 2), 100)
 	created := fillServiceAccounts(t, prefix, spaces, n)
 	t.Logf("%d ServiceAccounts in %d namespaces created in %v", n, spaces, created.Round(time.Second))
+	created = fillPods(t, prefix, spaces, pods)
+	t.Logf("%d pods in %d namespaces created in %v", pods, spaces, created.Round(time.Second))
 	rows = append(rows, scaleRun(t, d, url, tokens, logins))
 
-	table := fmt.Sprintf("scale: the sidecar with the login namespace's 10 ServiceAccounts, then with %d more (3 annotations, 1 label each) in %d namespaces\n"+
-		"| ServiceAccounts cached | start to ready | RSS peak | RSS ready | RSS after %d logins | Go heap in use | login p50 | login p99 |\n"+
-		"|---|---|---|---|---|---|---|---|\n%s\n", n, spaces, logins, strings.Join(rows, "\n"))
+	table := fmt.Sprintf("scale: the sidecar with the login namespace's 10 ServiceAccounts, then with %d more (3 annotations, 1 label each) and %d pods in %d namespaces (VERIFY_BOUND_OBJECTS on)\n"+
+		"| ServiceAccounts cached | pods cached | start to ready | RSS peak | RSS ready | RSS after %d logins | Go heap in use | login p50 | login p99 |\n"+
+		"|---|---|---|---|---|---|---|---|---|\n%s\n", n, pods, spaces, logins, strings.Join(rows, "\n"))
 	t.Log("\n" + table)
 	fmt.Print(table)
 }
@@ -79,17 +82,17 @@ func scaleRun(t *testing.T, d *deployment, url string, tokens []string, logins i
 	rssAfter, peak := procMemory(t, svc.p.pid(), "VmRSS"), procMemory(t, svc.p.pid(), "VmHWM")
 	m := svc.metrics(t)
 	cached := m.sum("nats_callout_serviceaccounts")
+	cachedPods := m.sum("nats_callout_pods")
 	if code := svc.p.stop(t); code != 0 {
 		t.Errorf("the sidecar exited with %d on SIGTERM", code)
 	}
-	return fmt.Sprintf("| %.0f | %v | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %v | %v |",
-		cached, ready.Round(10*time.Millisecond), peak, rssReady, rssAfter, m.sum("go_memstats_heap_inuse_bytes")/(1<<20),
+	return fmt.Sprintf("| %.0f | %.0f | %v | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %v | %v |",
+		cached, cachedPods, ready.Round(10*time.Millisecond), peak, rssReady, rssAfter, m.sum("go_memstats_heap_inuse_bytes")/(1<<20),
 		lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*99/100].Round(10*time.Microsecond))
 }
 
-// fillServiceAccounts creates n ServiceAccounts named app-I over namespaces PREFIX-0..spaces-1,
-// many at a time, and deletes the namespaces when the test ends.
-func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Duration {
+// bulkClient is an admin client without client-side rate limits, for filling the API server.
+func bulkClient(t *testing.T) kubernetes.Interface {
 	t.Helper()
 	rc, err := clientcmd.BuildConfigFromFlags("", suite.kubeconfig)
 	if err != nil {
@@ -100,6 +103,14 @@ func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
+	return kube
+}
+
+// fillServiceAccounts creates n ServiceAccounts named app-I over namespaces PREFIX-0..spaces-1,
+// many at a time, and deletes the namespaces when the test ends.
+func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Duration {
+	t.Helper()
+	kube := bulkClient(t)
 	ctx := context.Background()
 	for i := range spaces {
 		ns := fmt.Sprintf("%s-%d", prefix, i)
@@ -140,6 +151,52 @@ func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Durati
 	close(errs)
 	for err := range errs {
 		t.Fatalf("create ServiceAccounts: %v", err)
+	}
+	return time.Since(start)
+}
+
+// fillPods creates n Pending pods (no kubelet runs them; as a Deployment's, with managed
+// fields) named web-I over the namespaces of
+// fillServiceAccounts, each of ServiceAccount app-0 of its namespace; the namespaces' deletion
+// removes them.
+func fillPods(t *testing.T, prefix string, spaces, n int) time.Duration {
+	t.Helper()
+	kube := bulkClient(t)
+	ctx := context.Background()
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	automount, controller := false, true
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
+				pod := &corev1.Pod{
+					// What a Deployment's pods carry: labels, an annotation, an owner reference.
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i/spaces), Namespace: ns,
+						Labels:      map[string]string{"app.kubernetes.io/name": "web", "pod-template-hash": "7d9f8c6b5"},
+						Annotations: map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-12-01T10:00:00Z"},
+						OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8c6b5",
+							UID: "0e7c7a1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", Controller: &controller}}},
+					Spec: corev1.PodSpec{ServiceAccountName: "app-0", AutomountServiceAccountToken: &automount,
+						Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1.2.3"}}},
+				}
+				if _, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("create pods: %v", err)
 	}
 	return time.Since(start)
 }

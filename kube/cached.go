@@ -11,15 +11,16 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// cachedServiceAccount is what the informer cache holds of one ServiceAccount: what a decision
+// cachedObject is what the informer caches hold of one ServiceAccount or pod: what a decision
 // reads and nothing else. At 50,000 ServiceAccounts with three annotations each it is about a
 // third of a trimmed PartialObjectMetadata (whose ObjectMeta struct and annotation map alone
-// take some 600 bytes): see trimServiceAccount.
-type cachedServiceAccount struct {
+// take some 600 bytes): see trimServiceAccount and trimPod.
+type cachedObject struct {
 	Namespace, Name, ResourceVersion string
 	UID                              types.UID
 	DeletionTimestamp                *metav1.Time
-	// annotations are the nats.io/ annotations, sorted by key.
+	// annotations are a ServiceAccount's nats.io/ annotations, sorted by key; a pod's are not
+	// kept.
 	annotations []annotation
 }
 
@@ -36,7 +37,7 @@ func trimServiceAccount(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	c := &cachedServiceAccount{
+	c := &cachedObject{
 		Namespace:         unique.Make(sa.Namespace).Value(),
 		Name:              sa.Name,
 		UID:               sa.UID,
@@ -62,7 +63,7 @@ func trimServiceAccount(obj any) (any, error) {
 }
 
 // annotationMap is the nats.io/ annotations as ParsePolicy takes them.
-func (c *cachedServiceAccount) annotationMap() map[string]string {
+func (c *cachedObject) annotationMap() map[string]string {
 	if len(c.annotations) == 0 {
 		return nil
 	}
@@ -74,21 +75,21 @@ func (c *cachedServiceAccount) annotationMap() map[string]string {
 }
 
 // sameAnnotations reports whether c and o have the same nats.io/ annotations.
-func (c *cachedServiceAccount) sameAnnotations(o *cachedServiceAccount) bool {
+func (c *cachedObject) sameAnnotations(o *cachedObject) bool {
 	return slices.Equal(c.annotations, o.annotations)
 }
 
 // GetObjectMeta gives the informer's key function the namespace and name (meta.Accessor).
-func (c *cachedServiceAccount) GetObjectMeta() metav1.Object {
+func (c *cachedObject) GetObjectMeta() metav1.Object {
 	return &metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Name, UID: c.UID, ResourceVersion: c.ResourceVersion,
 		DeletionTimestamp: c.DeletionTimestamp}
 }
 
 // GetObjectKind is part of runtime.Object; the entry carries no kind.
-func (c *cachedServiceAccount) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+func (c *cachedObject) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
 // DeepCopyObject is part of runtime.Object.
-func (c *cachedServiceAccount) DeepCopyObject() runtime.Object {
+func (c *cachedObject) DeepCopyObject() runtime.Object {
 	d := *c
 	d.annotations = slices.Clone(c.annotations)
 	if c.DeletionTimestamp != nil {

@@ -18,7 +18,7 @@ func TestTrimServiceAccount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := obj.(*cachedServiceAccount)
+	c := obj.(*cachedObject)
 	if c.Namespace != "shop" || c.Name != "api" || c.UID != "u1" || c.ResourceVersion != "7" || c.DeletionTimestamp != &now {
 		t.Errorf("entry %+v does not carry the ServiceAccount's identity", c)
 	}
@@ -32,13 +32,13 @@ func TestTrimServiceAccount(t *testing.T) {
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "shop/api" {
 		t.Errorf("informer key = %q, %v; want shop/api", key, err)
 	}
-	d := c.DeepCopyObject().(*cachedServiceAccount)
+	d := c.DeepCopyObject().(*cachedObject)
 	d.annotations[0].value = "changed"
 	d.DeletionTimestamp.Time = d.DeletionTimestamp.AddDate(1, 0, 0)
 	if c.annotations[0].value != "a,b" || !c.DeletionTimestamp.Equal(&now) {
 		t.Error("DeepCopyObject shares the annotations or the deletion time")
 	}
-	if !c.sameAnnotations(c.DeepCopyObject().(*cachedServiceAccount)) || c.sameAnnotations(d) {
+	if !c.sameAnnotations(c.DeepCopyObject().(*cachedObject)) || c.sameAnnotations(d) {
 		t.Error("sameAnnotations does not compare the annotations")
 	}
 	if other, _ := trimServiceAccount("not a ServiceAccount"); other != "not a ServiceAccount" {

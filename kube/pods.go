@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -135,8 +136,8 @@ func (c *PodCache) newInformer(client metadata.Interface, ns string) (cache.Shar
 // updated reports a pod replaced by another of the same name: after a missed watch the
 // informer's re-list shows the new pod as an update of the old one.
 func (c *PodCache) updated(old, cur any) {
-	o, ok1 := old.(*metav1.PartialObjectMetadata)
-	n, ok2 := cur.(*metav1.PartialObjectMetadata)
+	o, ok1 := old.(*cachedObject)
+	n, ok2 := cur.(*cachedObject)
 	if ok1 && ok2 && o.UID != n.UID && c.revoke != nil {
 		c.revoke(Revocation{Reason: RevokePodRecreated, Namespace: o.Namespace, PodUID: string(o.UID)})
 	}
@@ -147,23 +148,24 @@ func (c *PodCache) deleted(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	if p, ok := obj.(*metav1.PartialObjectMetadata); ok && c.revoke != nil {
+	if p, ok := obj.(*cachedObject); ok && c.revoke != nil {
 		c.revoke(Revocation{Reason: RevokePodDeleted, Namespace: p.Namespace, PodUID: string(p.UID)})
 	}
 }
 
 // trimPod keeps only what a decision reads (namespace, name, uid, deletion timestamp) and the
-// resourceVersion: labels, annotations, owner references and managed fields are most of a
-// pod's metadata and would multiply the cache's size.
+// resourceVersion, in the cache's compact entry (the namespace interned): labels, annotations,
+// owner references and managed fields are most of a pod's metadata and would multiply the
+// cache's size.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*metav1.PartialObjectMetadata)
 	if !ok {
 		return obj, nil
 	}
-	return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
-		Namespace: p.Namespace, Name: p.Name, UID: p.UID, ResourceVersion: p.ResourceVersion,
+	return &cachedObject{
+		Namespace: unique.Make(p.Namespace).Value(), Name: p.Name, UID: p.UID, ResourceVersion: p.ResourceVersion,
 		DeletionTimestamp: p.DeletionTimestamp,
-	}}, nil
+	}, nil
 }
 
 // apiResult counts failed list/watch calls and logs the first of a run of failures and the
@@ -254,7 +256,7 @@ func (c *PodCache) Check(id Identity, now time.Time) error {
 	case !exists:
 		return fmt.Errorf("%w: %s/%s", ErrPodNotFound, id.Namespace, id.PodName)
 	}
-	p, ok := obj.(*metav1.PartialObjectMetadata)
+	p, ok := obj.(*cachedObject)
 	switch {
 	case !ok:
 		return fmt.Errorf("look up pod %s/%s: cache holds %T", id.Namespace, id.PodName, obj)

@@ -33,7 +33,7 @@ type memoEntry struct {
 }
 
 // get returns the policy remembered for this version of sa in account, if any.
-func (m *policyMemo) get(sa *cachedServiceAccount, account string) (Policy, bool, error) {
+func (m *policyMemo) get(sa *cachedObject, account string) (Policy, bool, error) {
 	m.mu.RLock()
 	e, ok := m.entries[sa.UID]
 	m.mu.RUnlock()
@@ -45,7 +45,7 @@ func (m *policyMemo) get(sa *cachedServiceAccount, account string) (Policy, bool
 
 // put remembers the policy of sa in account if current() (called under the lock) says sa is still the
 // cached version. Objects without a resourceVersion are not remembered.
-func (m *policyMemo) put(sa *cachedServiceAccount, account string, p Policy, err error, current func() bool) {
+func (m *policyMemo) put(sa *cachedObject, account string, p Policy, err error, current func() bool) {
 	if m.disabled || sa.ResourceVersion == "" || sa.UID == "" {
 		return
 	}
@@ -96,7 +96,7 @@ func (m *policyMemo) len() int {
 // memoCost estimates the bytes an entry keeps alive: the entry and map slot, the slices'
 // backing arrays, and the strings (annotation subjects share the cached object's memory while
 // it lives, but are counted as if they did not).
-func memoCost(sa *cachedServiceAccount, p Policy, err error) int {
+func memoCost(sa *cachedObject, p Policy, err error) int {
 	n := 256 + len(sa.UID) + len(sa.ResourceVersion)
 	for _, l := range [][]string{p.Permissions.PubAllow, p.Permissions.PubDeny, p.Permissions.SubAllow, p.Permissions.SubDeny, p.Warnings} {
 		n += 24 + 16*cap(l)

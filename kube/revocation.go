@@ -144,7 +144,7 @@ func (r Revocation) Matches(c Identity) bool {
 // revokeUpdated reports what an update of a ServiceAccount takes from its live connections: a
 // new uid (deleted and recreated between two watch events), a deletion under way, or
 // annotations that now grant less (see narrowed). An update that only adds takes nothing.
-func (s *Store) revokeUpdated(old, cur *cachedServiceAccount) {
+func (s *Store) revokeUpdated(old, cur *cachedObject) {
 	if s.onRevocation == nil {
 		return
 	}
@@ -164,7 +164,7 @@ func (s *Store) revokeUpdated(old, cur *cachedServiceAccount) {
 }
 
 // revokeDeleted reports a deleted ServiceAccount.
-func (s *Store) revokeDeleted(sa *cachedServiceAccount) {
+func (s *Store) revokeDeleted(sa *cachedObject) {
 	if s.onRevocation != nil && sa.DeletionTimestamp == nil {
 		// (One being deleted was reported when its deletion began.)
 		s.onRevocation(Revocation{Reason: RevokeServiceAccountDeleted, Namespace: sa.Namespace, Name: sa.Name, UID: string(sa.UID)})
@@ -176,7 +176,7 @@ func (s *Store) revokeDeleted(sa *cachedServiceAccount) {
 // are compared as written: rewording a grant (a.b.* in place of a.b.c) counts as narrowing, so
 // the connections log in again and get the grant as it now reads. Each side is parsed within
 // the annotation bounds, so this costs what a login's policy costs.
-func (s *Store) narrowed(old, cur *cachedServiceAccount) bool {
+func (s *Store) narrowed(old, cur *cachedObject) bool {
 	defaults := s.defaults
 	if s.accounts != nil {
 		if choice, err := s.accounts.Choose(old.Namespace); err == nil {

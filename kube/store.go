@@ -176,8 +176,8 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { s.count.Inc() },
 		UpdateFunc: func(old, cur any) {
-			o, ok1 := old.(*cachedServiceAccount)
-			c, ok2 := cur.(*cachedServiceAccount)
+			o, ok1 := old.(*cachedObject)
+			c, ok2 := cur.(*cachedObject)
 			if ok1 && ok2 && o.ResourceVersion != c.ResourceVersion {
 				s.policies.forget(o.UID)
 				s.revokeUpdated(o, c)
@@ -188,7 +188,7 @@ func (s *Store) newInformer(client metadata.Interface, ns string, resync time.Du
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
-			if o, ok := obj.(*cachedServiceAccount); ok {
+			if o, ok := obj.(*cachedObject); ok {
 				s.policies.forget(o.UID)
 				s.revokeDeleted(o)
 			}
@@ -340,7 +340,7 @@ func (s *Store) defaultsOf(account string) PolicyDefaults {
 
 // lookup finds a ServiceAccount in the cache, and the informer that holds it. The object is
 // shared with the informer: read only.
-func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *cachedServiceAccount, error) {
+func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *cachedObject, error) {
 	inf, ok := s.informers[metav1.NamespaceAll]
 	if !ok {
 		if inf, ok = s.informers[namespace]; !ok {
@@ -359,7 +359,7 @@ func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *cach
 	case !exists:
 		return nil, nil, fmt.Errorf("%w: %s/%s", ErrServiceAccountNotFound, namespace, name)
 	}
-	sa, ok := obj.(*cachedServiceAccount)
+	sa, ok := obj.(*cachedObject)
 	if !ok {
 		return nil, nil, fmt.Errorf("look up serviceaccount %s/%s: cache holds %T", namespace, name, obj)
 	}
