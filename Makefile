@@ -97,9 +97,9 @@ e2e:
 load:
 	E2E_BIN=$(E2E_BIN) E2E_LOAD_CONNECTS=$${E2E_LOAD_CONNECTS:-1000} E2E_LOAD_RUNS=$${E2E_LOAD_RUNS:-3} scripts/e2e.sh -run '^TestLoad$$'
 
-# Memory and start-up of a sidecar with 50,000 ServiceAccounts in the real API server.
+# Memory and start-up of a sidecar with 50,000 ServiceAccounts and 50,000 pods in the real API server.
 scale:
-	E2E_BIN=$(E2E_BIN) E2E_SCALE_SERVICEACCOUNTS=$${E2E_SCALE_SERVICEACCOUNTS:-50000} scripts/e2e.sh -run '^TestScale$$'
+	E2E_BIN=$(E2E_BIN) E2E_SCALE_SERVICEACCOUNTS=$${E2E_SCALE_SERVICEACCOUNTS:-50000} E2E_SCALE_PODS=$${E2E_SCALE_PODS:-50000} scripts/e2e.sh -run '^TestScale$$'
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
