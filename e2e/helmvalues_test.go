@@ -11,6 +11,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"strings"
 	"testing"
 	"text/template"
+	"time"
 
 	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
@@ -31,6 +33,7 @@ import (
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/internal/installer"
@@ -1381,11 +1384,24 @@ func runOperatorSidecar(t *testing.T, s *operatorSetup, values map[string]any, s
 // histogram under its own name and its _bucket, _sum and _count series.
 func sidecarSeries(t *testing.T, ns string) map[string]map[string]bool {
 	t.Helper()
-	d := newDeployment(t, deployOpts{})
+	// As the Helm values run it: with live revocation, which closes one connection here.
+	d := newDeployment(t, deployOpts{revocation: true})
 	newNamespace(t, ns)
 	newServiceAccount(t, ns, "app", nil)
 	connectWhenKnown(t, d.nats.url(), token(t, ns, "app")).Close()
 	wantRefused(t, d, "malformed_token", nats.Token("not-a-token"))
+	newServiceAccount(t, ns, "leaving", nil)
+	held := connectWhenKnown(t, d.nats.url(), token(t, ns, "leaving"))
+	defer held.Close()
+	if err := suite.kube.CoreV1().ServiceAccounts(ns).Delete(context.Background(), "leaving", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the leaving connection revoked", func() error {
+		if n := d.svc.metrics(t).sum("nats_callout_revocations_total"); n != 1 {
+			return fmt.Errorf("%v revoked", n)
+		}
+		return nil
+	})
 	exported := map[string]map[string]bool{}
 	add := func(name string, labels map[string]string) {
 		if exported[name] == nil {
