@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,14 +54,12 @@ type NamespaceConfig struct {
 // NamespaceCache is a metadata-only cache of Namespaces, read for their nats.io/account label.
 // Objects from the cache are never modified.
 type NamespaceCache struct {
-	informers []cache.SharedIndexInformer
-	synced    []cache.InformerSynced
-	def       string
-	log       *slog.Logger
-	revoke    RevocationSink
-	syncGauge prometheus.Gauge
-	failing   atomic.Bool
-	started   atomic.Bool
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced) and lists them.
+	informerGroup
+	def     string
+	log     *slog.Logger
+	revoke  RevocationSink
+	failing atomic.Bool
 }
 
 // NewNamespaceCache builds the informers (without starting them: see Run).
@@ -79,10 +76,10 @@ func NewNamespaceCache(client metadata.Interface, cfg NamespaceConfig) (*Namespa
 	}
 	c := &NamespaceCache{
 		def: cfg.DefaultAccount, log: logger, revoke: cfg.OnRevocation,
-		syncGauge: promauto.With(cfg.Registerer).NewGauge(prometheus.GaugeOpts{
+		informerGroup: informerGroup{kind: "namespace", log: logger, syncGauge: promauto.With(cfg.Registerer).NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_namespace_informer_synced",
 			Help: "1 when the Namespace informer cache (nats.io/account labels) has synced, else 0.",
-		}),
+		})},
 	}
 	names := slices.Clone(cfg.Namespaces)
 	slices.Sort(names)
@@ -95,8 +92,7 @@ func NewNamespaceCache(client metadata.Interface, cfg NamespaceConfig) (*Namespa
 		if err != nil {
 			return nil, fmt.Errorf("kube: namespace informer: %w", err)
 		}
-		c.informers = append(c.informers, inf)
-		c.synced = append(c.synced, synced)
+		c.add(inf, synced)
 	}
 	return c, nil
 }
@@ -190,36 +186,6 @@ func trimNamespace(obj any) (any, error) {
 		Name: ns.Name, UID: ns.UID, ResourceVersion: ns.ResourceVersion, Labels: ns.Labels,
 	}}
 	return &trimmed, nil
-}
-
-// Run starts the informers, waits for their caches to sync, and blocks until ctx is done; then
-// it stops them and waits for their goroutines. It may be called once.
-func (c *NamespaceCache) Run(ctx context.Context) error {
-	if !c.started.CompareAndSwap(false, true) {
-		return errors.New("kube: namespace cache already running")
-	}
-	defer c.syncGauge.Set(0)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for _, inf := range c.informers {
-		wg.Go(func() { inf.RunWithContext(ctx) })
-	}
-	if cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		c.syncGauge.Set(1)
-		c.log.InfoContext(ctx, "namespace informer synced")
-	}
-	<-ctx.Done()
-	return nil
-}
-
-// HasSynced reports whether every informer has completed its initial list.
-func (c *NamespaceCache) HasSynced() bool {
-	for _, s := range c.synced {
-		if !s() {
-			return false
-		}
-	}
-	return true
 }
 
 // Label returns the nats.io/account label of namespace name and whether it has one. A

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unique"
@@ -46,15 +45,14 @@ type PodCacheConfig struct {
 // token is bound to still exist, with the uid the token names". It keeps per pod only its
 // namespace, name, uid, resourceVersion and deletion timestamp (see trimPod).
 type PodCache struct {
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced).
+	informerGroup
 	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
-	synced    []cache.InformerSynced
 	log       *slog.Logger
 	revoke    RevocationSink
 	count     prometheus.Gauge
-	syncGauge prometheus.Gauge
 	watchErrs prometheus.Counter
 	failing   atomic.Bool
-	started   atomic.Bool
 }
 
 // NewPodCache builds the informers (without starting them: see Run). client is a metadata
@@ -82,10 +80,10 @@ func NewPodCache(client metadata.Interface, cfg PodCacheConfig) (*PodCache, erro
 			Name: "nats_callout_pods",
 			Help: "Pods in the bound-object informer cache (VERIFY_BOUND_OBJECTS).",
 		}),
-		syncGauge: factory.NewGauge(prometheus.GaugeOpts{
+		informerGroup: informerGroup{kind: "pod", log: logger, syncGauge: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_pod_informer_synced",
 			Help: "1 when the pod informer cache has synced, else 0.",
-		}),
+		})},
 		watchErrs: factory.NewCounter(prometheus.CounterOpts{
 			Name: "nats_callout_pod_informer_watch_errors_total",
 			Help: "Failed pod list and watch calls to the API server; decisions use the cache meanwhile.",
@@ -97,8 +95,9 @@ func NewPodCache(client metadata.Interface, cfg PodCacheConfig) (*PodCache, erro
 			return nil, fmt.Errorf("kube: pod informer: %w", err)
 		}
 		c.informers[ns] = inf
-		c.synced = append(c.synced, synced)
+		c.add(inf, synced)
 	}
+	c.syncedAttrs = func() []any { return []any{"pods", c.Len()} }
 	return c, nil
 }
 
@@ -185,43 +184,6 @@ func (c *PodCache) apiResult(ctx context.Context, ns string, err error) {
 		c.log.WarnContext(ctx, "pod list/watch failed; bound-object checks use the cache until the API server answers (RBAC: list and watch on pods)",
 			"namespace", ns, "error", err)
 	}
-}
-
-// Run starts the informers, waits for their caches to sync, and blocks until ctx is done;
-// then it stops them. It may be called once.
-func (c *PodCache) Run(ctx context.Context) error {
-	if !c.started.CompareAndSwap(false, true) {
-		return errors.New("kube: pod cache already running")
-	}
-	defer c.syncGauge.Set(0)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for _, inf := range c.informers {
-		wg.Go(func() { inf.RunWithContext(ctx) })
-	}
-	c.log.InfoContext(ctx, "pod informer started", "informers", len(c.informers))
-	if cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		c.syncGauge.Set(1)
-		c.log.InfoContext(ctx, "pod informer synced", "pods", c.Len())
-	}
-	<-ctx.Done()
-	return nil
-}
-
-// WaitSynced blocks until every informer has completed its initial list (true) or ctx is done
-// (false).
-func (c *PodCache) WaitSynced(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), c.synced...)
-}
-
-// HasSynced reports whether every informer has completed its initial list.
-func (c *PodCache) HasSynced() bool {
-	for _, synced := range c.synced {
-		if !synced() {
-			return false
-		}
-	}
-	return true
 }
 
 // Len is the number of pods cached.

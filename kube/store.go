@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,19 +61,18 @@ var ServiceAccountsResource = schema.GroupVersionResource{Version: "v1", Resourc
 // Store answers "which permissions does this ServiceAccount have" from a shared-informer cache
 // of ServiceAccounts. It only reads; objects from the cache are never modified.
 type Store struct {
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced).
+	informerGroup
 	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
-	synced    []cache.InformerSynced
 	defaults  PolicyDefaults
 	accounts  *Accounts
 	byAccount map[string]PolicyDefaults
 	log       *slog.Logger
 	count     prometheus.Gauge
-	syncGauge prometheus.Gauge
 	watchErrs prometheus.Counter
 	// failingSince is when list/watch calls started failing, nil while they work.
 	failingSince  atomic.Pointer[time.Time]
 	lastOutageLog atomic.Int64
-	started       atomic.Bool
 	policies      policyMemo
 	onRevocation  RevocationSink
 }
@@ -121,10 +119,10 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 			Name: "nats_callout_serviceaccounts",
 			Help: "ServiceAccounts in the informer cache.",
 		}),
-		syncGauge: factory.NewGauge(prometheus.GaugeOpts{
+		informerGroup: informerGroup{kind: "serviceaccount", log: logger, syncGauge: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_informer_synced",
 			Help: "1 when the ServiceAccount informer cache has synced, else 0.",
-		}),
+		})},
 		watchErrs: factory.NewCounter(prometheus.CounterOpts{
 			Name: "nats_callout_informer_watch_errors_total",
 			Help: "Failed ServiceAccount list and watch calls to the API server; decisions use the cache meanwhile.",
@@ -141,7 +139,7 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 		s.informers[ns] = inf
 		// The handler registration is synced once the informer is and the handler has seen
 		// the initial list, so the count gauge is right by then too.
-		s.synced = append(s.synced, synced)
+		s.add(inf, synced)
 	}
 	return s, nil
 }
@@ -248,44 +246,6 @@ func (s *Store) watchError(ns string) cache.WatchErrorHandlerWithContext {
 			s.log.DebugContext(ctx, "serviceaccount watch ended; the informer re-lists", "namespace", ns, "error", err)
 		}
 	}
-}
-
-// Run starts the informers, waits for their caches to sync, and blocks until ctx is done; then
-// it stops them and waits for their goroutines. It returns nil after a normal shutdown and may
-// be called once.
-func (s *Store) Run(ctx context.Context) error {
-	if !s.started.CompareAndSwap(false, true) {
-		return errors.New("kube: store already running")
-	}
-	defer s.syncGauge.Set(0)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for _, inf := range s.informers {
-		wg.Go(func() { inf.RunWithContext(ctx) })
-	}
-	s.log.InfoContext(ctx, "serviceaccount informer started", "informers", len(s.informers))
-	if cache.WaitForCacheSync(ctx.Done(), s.synced...) {
-		s.syncGauge.Set(1)
-		s.log.InfoContext(ctx, "serviceaccount informer synced")
-	}
-	<-ctx.Done()
-	return nil
-}
-
-// WaitSynced blocks until every informer has completed its initial list (true) or ctx is done
-// (false).
-func (s *Store) WaitSynced(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), s.synced...)
-}
-
-// HasSynced reports whether every informer has completed its initial list.
-func (s *Store) HasSynced() bool {
-	for _, synced := range s.synced {
-		if !synced() {
-			return false
-		}
-	}
-	return true
 }
 
 // Policy checks that the ServiceAccount named by id exists in the cache, is not being deleted,
