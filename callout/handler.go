@@ -283,7 +283,9 @@ func (h *Handler) userJWT(userNkey string, id kube.Identity, p kube.Permissions,
 	// Server-config mode places the user in the account its audience names.
 	uc.Audience = account
 	uc.IssuerAccount = issuerAccount
-	uc.Tags.Add(id.Tags()...)
+	tags := id.Tags()
+	uc.Tags = make(jwt.TagList, 0, len(tags))
+	uc.Tags.Add(tags...)
 	exp := id.Expiry
 	if h.cfg.MaxTTL > 0 {
 		if capped := h.cfg.Now().Add(h.cfg.MaxTTL); capped.Before(exp) {
