@@ -16,8 +16,10 @@ import (
 // one of them has. The ServiceAccount store, the pod cache and the Namespace cache are each one.
 type informerGroup struct {
 	// kind names the objects in log lines and errors: "serviceaccount", "pod", "namespace".
-	kind      string
-	informers []cache.SharedIndexInformer
+	kind string
+	// informers are the group's, by the namespace each watches ("" = all; for the Namespace
+	// cache, the one Namespace each lists).
+	informers map[string]cache.SharedIndexInformer
 	synced    []cache.InformerSynced
 	// syncGauge is 1 while the group is synced and running.
 	syncGauge prometheus.Gauge
@@ -27,10 +29,14 @@ type informerGroup struct {
 	started     atomic.Bool
 }
 
-// add makes inf one of the group's; synced says when it has delivered its initial list (the
-// handler registration's HasSynced, so that handlers have seen it too).
-func (g *informerGroup) add(inf cache.SharedIndexInformer, synced cache.InformerSynced) {
-	g.informers = append(g.informers, inf)
+// add makes inf, the informer of namespace ns, one of the group's; synced says when it has
+// delivered its initial list (the handler registration's HasSynced, so that handlers have seen
+// it too).
+func (g *informerGroup) add(ns string, inf cache.SharedIndexInformer, synced cache.InformerSynced) {
+	if g.informers == nil {
+		g.informers = map[string]cache.SharedIndexInformer{}
+	}
+	g.informers[ns] = inf
 	g.synced = append(g.synced, synced)
 }
 

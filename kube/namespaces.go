@@ -54,10 +54,10 @@ type NamespaceConfig struct {
 // NamespaceCache is a metadata-only cache of Namespaces, read for their nats.io/account label.
 // Objects from the cache are never modified.
 type NamespaceCache struct {
-	// informerGroup runs the informers (Run, WaitSynced, HasSynced) and lists them.
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced), holds them by the
+	// Namespace each lists ("" = all) and carries the logger.
 	informerGroup
 	def     string
-	log     *slog.Logger
 	revoke  RevocationSink
 	failing atomic.Bool
 }
@@ -75,7 +75,7 @@ func NewNamespaceCache(client metadata.Interface, cfg NamespaceConfig) (*Namespa
 		logger = slog.New(slog.DiscardHandler)
 	}
 	c := &NamespaceCache{
-		def: cfg.DefaultAccount, log: logger, revoke: cfg.OnRevocation,
+		def: cfg.DefaultAccount, revoke: cfg.OnRevocation,
 		informerGroup: informerGroup{kind: "namespace", log: logger, syncGauge: promauto.With(cfg.Registerer).NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_namespace_informer_synced",
 			Help: "1 when the Namespace informer cache (nats.io/account labels) has synced, else 0.",
@@ -92,7 +92,7 @@ func NewNamespaceCache(client metadata.Interface, cfg NamespaceConfig) (*Namespa
 		if err != nil {
 			return nil, fmt.Errorf("kube: namespace informer: %w", err)
 		}
-		c.add(inf, synced)
+		c.add(name, inf, synced)
 	}
 	return c, nil
 }

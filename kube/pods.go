@@ -45,10 +45,9 @@ type PodCacheConfig struct {
 // token is bound to still exist, with the uid the token names". It keeps per pod only its
 // namespace, name, uid, resourceVersion and deletion timestamp (see trimPod).
 type PodCache struct {
-	// informerGroup runs the informers (Run, WaitSynced, HasSynced).
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced) and holds them by
+	// namespace ("" = cluster-wide); it also carries the logger.
 	informerGroup
-	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
-	log       *slog.Logger
 	revoke    RevocationSink
 	count     prometheus.Gauge
 	watchErrs prometheus.Counter
@@ -73,9 +72,7 @@ func NewPodCache(client metadata.Interface, cfg PodCacheConfig) (*PodCache, erro
 	}
 	factory := promauto.With(cfg.Registerer)
 	c := &PodCache{
-		informers: map[string]cache.SharedIndexInformer{},
-		log:       logger,
-		revoke:    cfg.OnRevocation,
+		revoke: cfg.OnRevocation,
 		count: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_pods",
 			Help: "Pods in the bound-object informer cache (VERIFY_BOUND_OBJECTS).",
@@ -94,8 +91,7 @@ func NewPodCache(client metadata.Interface, cfg PodCacheConfig) (*PodCache, erro
 		if err != nil {
 			return nil, fmt.Errorf("kube: pod informer: %w", err)
 		}
-		c.informers[ns] = inf
-		c.add(inf, synced)
+		c.add(ns, inf, synced)
 	}
 	c.syncedAttrs = func() []any { return []any{"pods", c.Len()} }
 	return c, nil

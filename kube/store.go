@@ -61,13 +61,12 @@ var ServiceAccountsResource = schema.GroupVersionResource{Version: "v1", Resourc
 // Store answers "which permissions does this ServiceAccount have" from a shared-informer cache
 // of ServiceAccounts. It only reads; objects from the cache are never modified.
 type Store struct {
-	// informerGroup runs the informers (Run, WaitSynced, HasSynced).
+	// informerGroup runs the informers (Run, WaitSynced, HasSynced) and holds them by
+	// namespace ("" = cluster-wide); it also carries the logger.
 	informerGroup
-	informers map[string]cache.SharedIndexInformer // by namespace; "" = cluster-wide
 	defaults  PolicyDefaults
 	accounts  *Accounts
 	byAccount map[string]PolicyDefaults
-	log       *slog.Logger
 	count     prometheus.Gauge
 	watchErrs prometheus.Counter
 	// failingSince is when list/watch calls started failing, nil while they work.
@@ -109,11 +108,9 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 	}
 	factory := promauto.With(cfg.Registerer)
 	s := &Store{
-		informers:    make(map[string]cache.SharedIndexInformer),
 		defaults:     cfg.Defaults,
 		accounts:     cfg.Accounts,
 		byAccount:    cfg.AccountDefaults,
-		log:          logger,
 		onRevocation: cfg.OnRevocation,
 		count: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "nats_callout_serviceaccounts",
@@ -136,10 +133,9 @@ func NewStore(client metadata.Interface, cfg StoreConfig) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kube: serviceaccount informer: %w", err)
 		}
-		s.informers[ns] = inf
 		// The handler registration is synced once the informer is and the handler has seen
 		// the initial list, so the count gauge is right by then too.
-		s.add(inf, synced)
+		s.add(ns, inf, synced)
 	}
 	return s, nil
 }
