@@ -1,7 +1,6 @@
 package kube_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -54,15 +53,7 @@ func startNamespaces(t *testing.T, client *metadatafake.FakeMetadataClient, cfg 
 	if _, _, err := c.Label("team-a"); !errors.Is(err, kube.ErrNotSynced) {
 		t.Fatalf("Label before Run: got %v, want ErrNotSynced", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testsupport.RunUntilCleanup(t, c.Run)
 	testsupport.WaitFor(t, "namespace informer sync", 10*time.Second, func() bool {
 		return c.HasSynced() && testsupport.Metric(t, reg, "nats_callout_namespace_informer_synced") == 1
 	})

@@ -46,20 +46,7 @@ func startPods(t *testing.T, cluster *kubefake.MemoryCluster, cfg kube.PodCacheC
 	if err != nil {
 		t.Fatalf("NewPodCache: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	testsupport.RunUntilCleanup(t, c.Run)
 	testsupport.WaitFor(t, "pod informer sync", 10*time.Second, c.HasSynced)
 	return c, reg
 }

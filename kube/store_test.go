@@ -47,20 +47,7 @@ func startStore(t *testing.T, cluster *kubefake.MemoryCluster, cfg kube.StoreCon
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	testsupport.RunUntilCleanup(t, s.Run)
 	testsupport.WaitFor(t, "informer sync", 10*time.Second, s.HasSynced)
 	testsupport.WaitFor(t, "synced gauge", 10*time.Second, func() bool {
 		return metricValue(t, reg, "nats_callout_informer_synced") == 1

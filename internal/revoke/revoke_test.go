@@ -1,7 +1,6 @@
 package revoke_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -60,15 +59,7 @@ func startRevoker(t *testing.T, url string, seed []byte, logs *testsupport.LogBu
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testsupport.RunUntilCleanup(t, r.Run)
 	testsupport.WaitFor(t, "revoker connected", 10*time.Second, func() bool { return r.Err() == nil })
 	return r, reg
 }

@@ -5,6 +5,7 @@ package testsupport
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -62,6 +63,27 @@ func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 		}
 		<-tick.C
 	}
+}
+
+// RunUntilCleanup runs run in a goroutine with a context that is cancelled when the test ends,
+// and then waits (up to 10 s) for run to return, reporting an error it returns or a run that
+// does not stop.
+func RunUntilCleanup(t testing.TB, run func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return within 10s of the test's end")
+		}
+	})
 }
 
 // StartNATS runs an embedded nats-server from conf, written to a file as a user would write
