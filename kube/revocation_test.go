@@ -3,7 +3,6 @@ package kube_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -86,33 +85,10 @@ func TestRevocationMatches(t *testing.T) {
 	}
 }
 
-// revocations collects what a Store reports.
-type revocations struct {
-	mu  sync.Mutex
-	got []kube.Revocation
-}
+// revocations collects what a Store reports, in order.
+type revocations chan kube.Revocation
 
-func (r *revocations) sink(rv kube.Revocation) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.got = append(r.got, rv)
-}
-
-func (r *revocations) take(t *testing.T, n int) []kube.Revocation {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r.mu.Lock()
-		if len(r.got) >= n || time.Now().After(deadline) {
-			got := r.got
-			r.got = nil
-			r.mu.Unlock()
-			return got
-		}
-		r.mu.Unlock()
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func (r revocations) sink(rv kube.Revocation) { r <- rv }
 
 // TestStoreReportsRevocations drives a Store's informer through the changes that take a grant
 // away, and those that do not.
@@ -122,7 +98,7 @@ func TestStoreReportsRevocations(t *testing.T) {
 	cluster := memoryCluster(t,
 		serviceAccount("shop", "api", "uid-1", map[string]string{pub: "orders.*,billing.>"}),
 		serviceAccount("shop", "web", "uid-2", nil))
-	var rec revocations
+	rec := make(revocations, 64)
 	startStore(t, cluster, kube.StoreConfig{OnRevocation: rec.sink})
 
 	update := func(name string, ann map[string]string) {
@@ -136,19 +112,19 @@ func TestStoreReportsRevocations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// expect takes the next revocations and checks they are want. A step that must report
+	// nothing expects none: the informer delivers events in order, so anything it did report
+	// would come before, and fail, the next step's.
 	expect := func(step string, want ...kube.Revocation) {
 		t.Helper()
-		got := rec.take(t, len(want))
-		if len(want) == 0 {
-			time.Sleep(200 * time.Millisecond)
-			got = rec.take(t, 0)
-		}
-		if len(got) != len(want) {
-			t.Fatalf("%s: revocations %+v, want %+v", step, got, want)
-		}
-		for i := range want {
-			if got[i] != want[i] {
-				t.Fatalf("%s: revocation %+v, want %+v", step, got[i], want[i])
+		for _, w := range want {
+			select {
+			case got := <-rec:
+				if got != w {
+					t.Fatalf("%s: revocation %+v, want %+v", step, got, w)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no revocation within 5s, want %+v", step, w)
 			}
 		}
 	}
@@ -181,4 +157,18 @@ func TestStoreReportsRevocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("deletion finished: reported once already")
+
+	// A last change that reports: nothing from the steps above may come before it.
+	if _, err := cluster.Create(ctx, serviceAccount("shop", "last", "uid-3", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Delete(ctx, "shop", "last"); err != nil {
+		t.Fatal(err)
+	}
+	expect("a last deletion", kube.Revocation{Reason: kube.RevokeServiceAccountDeleted, Namespace: "shop", Name: "last", UID: "uid-3"})
+	select {
+	case rv := <-rec:
+		t.Errorf("revocation %+v after the last one", rv)
+	default:
+	}
 }
