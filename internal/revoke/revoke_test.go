@@ -23,6 +23,9 @@ var (
 	apiTwo = kube.Identity{Namespace: "shop", Name: "api", UID: "sa-1", PodName: "api-2", PodUID: "pod-2"}
 	web    = kube.Identity{Namespace: "shop", Name: "web", UID: "sa-2"}
 	bank   = kube.Identity{Namespace: "bank", Name: "api", UID: "sa-3"}
+	// Probes connect last, so they come last in a sweep (connections are listed by cid): once
+	// a probe's revocation has closed it, every change notified before it has been swept.
+	probes = []kube.Identity{{Namespace: "probe", Name: "one", UID: "p-1"}, {Namespace: "probe", Name: "two", UID: "p-2"}}
 )
 
 // world is a real nats-server and one client per user of it.
@@ -35,7 +38,11 @@ type world struct {
 func (w *world) start(t *testing.T, url string) {
 	t.Helper()
 	w.url = url
-	for _, name := range []string{api.ConnectionName(), apiTwo.ConnectionName(), web.ConnectionName(), bank.ConnectionName(), "alice"} {
+	names := []string{api.ConnectionName(), apiTwo.ConnectionName(), web.ConnectionName(), bank.ConnectionName(), "alice"}
+	for _, p := range probes {
+		names = append(names, p.ConnectionName())
+	}
+	for _, name := range names {
 		nc, err := nats.Connect(url, nats.UserInfo(name, "pw"), nats.NoReconnect())
 		if err != nil {
 			t.Fatalf("connect %s: %v", name, err)
@@ -72,7 +79,7 @@ func TestRevoker(t *testing.T) {
 		t.Fatal(err)
 	}
 	var users strings.Builder
-	for _, id := range []kube.Identity{api, apiTwo, web, bank} {
+	for _, id := range append([]kube.Identity{api, apiTwo, web, bank}, probes...) {
 		fmt.Fprintf(&users, "{user: %q, password: pw}\n", id.ConnectionName())
 	}
 	srv, _ := testsupport.StartNATS(t, fmt.Sprintf(`
@@ -93,6 +100,12 @@ system_account: SYS
 	r2, reg2 := startRevoker(t, w.url, w.sysSeed, &testsupport.LogBuffer{})
 
 	up := func(id string) bool { return w.conns[id].IsConnected() }
+	// swept waits until every change notified so far has been swept, by revoking probe p.
+	swept := func(p kube.Identity) {
+		t.Helper()
+		r.Notify(kube.Revocation{Reason: kube.RevokeServiceAccountRecreated, Namespace: p.Namespace, Name: p.Name, UID: p.UID})
+		testsupport.WaitFor(t, "the probe's connection closed", 5*time.Second, func() bool { return !up(p.ConnectionName()) })
+	}
 	revoked := func(reason string) float64 {
 		return testsupport.Metric(t, reg, "nats_callout_revocations_total", "reason", reason) +
 			testsupport.Metric(t, reg2, "nats_callout_revocations_total", "reason", reason)
@@ -112,7 +125,7 @@ system_account: SYS
 	// The ServiceAccount goes: its other pod's connection too, not bank/api (same name) nor web.
 	r.Notify(kube.Revocation{Reason: kube.RevokeServiceAccountDeleted, Namespace: "shop", Name: "api", UID: "sa-1"})
 	testsupport.WaitFor(t, "api-2's connection closed", 5*time.Second, func() bool { return !up(apiTwo.ConnectionName()) })
-	time.Sleep(500 * time.Millisecond)
+	swept(probes[0])
 	for _, id := range []string{web.ConnectionName(), bank.ConnectionName(), "alice"} {
 		if !up(id) {
 			t.Errorf("%s closed by a revocation of shop/api", id)
@@ -124,7 +137,7 @@ system_account: SYS
 	// The namespace moves: a connection already in the account it moved to stays (it logged in
 	// since the move); one elsewhere is closed. Only the namespace's connections.
 	r.Notify(kube.Revocation{Reason: kube.RevokeAccountMoved, Namespace: "shop", Account: "APP"})
-	time.Sleep(time.Second)
+	swept(probes[1])
 	if !up(web.ConnectionName()) {
 		t.Error("a connection already in the namespace's new account was closed")
 	}
