@@ -112,6 +112,17 @@ func seedFile(t *testing.T, kps ...nkeys.KeyPair) []byte {
 
 func newDeployment(t *testing.T, o deployOpts) *deployment {
 	t.Helper()
+	d, env := newNATSDeployment(t, o)
+	d.svc = startService(t, d.dir, "callout", d.nats.url(), d.vol, serviceOpts{
+		xkey: o.xkey && !o.serviceWithoutXKey, env: env,
+	})
+	return d
+}
+
+// newNATSDeployment is newDeployment without the service: the keys, the Secret volume and
+// nats-server, and the settings the service would get beyond startService's.
+func newNATSDeployment(t *testing.T, o deployOpts) (*deployment, []string) {
+	t.Helper()
 	d := &deployment{dir: testDir(t)}
 	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
 	files := map[string][]byte{
@@ -138,10 +149,7 @@ func newDeployment(t *testing.T, o deployOpts) *deployment {
 		env = append([]string{"NATS_SYSTEM_CREDS_FILE=" + d.vol.path(keySystem)}, env...)
 	}
 	d.nats = startNATS(t, d.dir, "nats", d.conf)
-	d.svc = startService(t, d.dir, "callout", d.nats.url(), d.vol, serviceOpts{
-		xkey: o.xkey && !o.serviceWithoutXKey, env: env,
-	})
-	return d
+	return d, env
 }
 
 // restartNATS rewrites nats-server's configuration and restarts it: a change to auth_callout

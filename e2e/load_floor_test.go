@@ -29,13 +29,7 @@ import (
 // connect succeeds; figures come from the printed table, never from assertions.
 func TestLoad(t *testing.T) {
 	connects, runs := envInt(t, "E2E_LOAD_CONNECTS", 200), envInt(t, "E2E_LOAD_RUNS", 1)
-	d := &deployment{dir: testDir(t)}
-	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
-	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}}
-	d.vol = newSecretVolume(t, d.dir+"/secret", map[string][]byte{
-		keyService: seedFile(t, d.keys.service), keyIssuer: seedFile(t, d.keys.issuer),
-	})
-	d.nats = startNATS(t, d.dir, "nats", d.conf)
+	d, _ := newNATSDeployment(t, deployOpts{})
 	url := d.nats.url()
 
 	ns := newNamespace(t, "load")

@@ -34,13 +34,7 @@ func TestScale(t *testing.T) {
 	n := envInt(t, "E2E_SCALE_SERVICEACCOUNTS", 1000)
 	pods := envInt(t, "E2E_SCALE_PODS", 200)
 	logins := envInt(t, "E2E_SCALE_LOGINS", 200)
-	d := &deployment{dir: testDir(t)}
-	d.keys = deployKeys{service: newUserKey(t), issuer: newAccountKey(t)}
-	d.conf = natsConf{issuer: pubOf(t, d.keys.issuer), serviceUsers: []string{pubOf(t, d.keys.service)}}
-	d.vol = newSecretVolume(t, d.dir+"/secret", map[string][]byte{
-		keyService: seedFile(t, d.keys.service), keyIssuer: seedFile(t, d.keys.issuer),
-	})
-	d.nats = startNATS(t, d.dir, "nats", d.conf)
+	d, _ := newNATSDeployment(t, deployOpts{})
 	url := d.nats.url()
 
 	// The ServiceAccounts logins use: ten, in a namespace of their own.
@@ -75,8 +69,17 @@ func scaleRun(t *testing.T, d *deployment, url string, tokens []string, logins i
 	start := time.Now()
 	svc := startService(t, d.dir, fmt.Sprintf("callout-scale-%d", time.Now().UnixNano()), url, d.vol, serviceOpts{env: []string{"LOG_LEVEL=info"}})
 	ready := time.Since(start)
-	time.Sleep(time.Second) // the start-up spike returned to the system
-	rssReady := procMemory(t, svc.p.pid(), "VmRSS")
+	// Ready means synced, after which the sidecar gives the start-up list's memory back: read
+	// the resident size once it has settled.
+	var rssReady float64
+	eventually(t, 10*time.Second, "resident memory settled", func() error {
+		before := procMemory(t, svc.p.pid(), "VmRSS")
+		time.Sleep(200 * time.Millisecond)
+		if rssReady = procMemory(t, svc.p.pid(), "VmRSS"); rssReady < before-0.5 || rssReady > before+0.5 {
+			return fmt.Errorf("from %.1f to %.1f MiB", before, rssReady)
+		}
+		return nil
+	})
 	connectWhenKnown(t, url, tokens[0]).Close()
 	lat := scaleLogins(t, url, tokens, logins)
 	rssAfter, peak := procMemory(t, svc.p.pid(), "VmRSS"), procMemory(t, svc.p.pid(), "VmHWM")
@@ -119,74 +122,58 @@ func fillServiceAccounts(t *testing.T, prefix string, spaces, n int) time.Durati
 		}
 		t.Cleanup(func() { _ = kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
 	}
-	start := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
-				sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
-					Name: fmt.Sprintf("app-%d", i/spaces), Namespace: ns,
-					Labels: map[string]string{"app.kubernetes.io/part-of": "scale"},
-					Annotations: map[string]string{
-						"nats.io/allowed-pub-subjects": fmt.Sprintf("%s.orders.%d,shared.events", ns, i),
-						"nats.io/allowed-sub-subjects": fmt.Sprintf("%s.replies.%d", ns, i),
-						"nats.io/allow-responses":      "true",
-					},
-				}}
-				if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("create ServiceAccounts: %v", err)
-	}
-	return time.Since(start)
+	return createAll(t, "ServiceAccounts", n, func(i int) error {
+		ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+			Name: fmt.Sprintf("app-%d", i/spaces), Namespace: ns,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "scale"},
+			Annotations: map[string]string{
+				"nats.io/allowed-pub-subjects": fmt.Sprintf("%s.orders.%d,shared.events", ns, i),
+				"nats.io/allowed-sub-subjects": fmt.Sprintf("%s.replies.%d", ns, i),
+				"nats.io/allow-responses":      "true",
+			},
+		}}
+		_, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
+		return err
+	})
 }
 
 // fillPods creates n Pending pods (no kubelet runs them; as a Deployment's, with managed
-// fields) named web-I over the namespaces of
-// fillServiceAccounts, each of ServiceAccount app-0 of its namespace; the namespaces' deletion
-// removes them.
+// fields) named web-I over the namespaces of fillServiceAccounts, each of ServiceAccount app-0
+// of its namespace; the namespaces' deletion removes them.
 func fillPods(t *testing.T, prefix string, spaces, n int) time.Duration {
 	t.Helper()
 	kube := bulkClient(t)
-	ctx := context.Background()
+	automount, controller := false, true
+	return createAll(t, "pods", n, func(i int) error {
+		ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
+		pod := &corev1.Pod{
+			// What a Deployment's pods carry: labels, an annotation, an owner reference.
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i/spaces), Namespace: ns,
+				Labels:      map[string]string{"app.kubernetes.io/name": "web", "pod-template-hash": "7d9f8c6b5"},
+				Annotations: map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-12-01T10:00:00Z"},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8c6b5",
+					UID: "0e7c7a1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", Controller: &controller}}},
+			Spec: corev1.PodSpec{ServiceAccountName: "app-0", AutomountServiceAccountToken: &automount,
+				Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1.2.3"}}},
+		}
+		_, err := kube.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+		return err
+	})
+}
+
+// createAll calls create(0) ... create(n-1), 32 at a time, stops the test at the first error,
+// and returns how long it took.
+func createAll(t *testing.T, what string, n int, create func(i int) error) time.Duration {
+	t.Helper()
 	start := time.Now()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 32)
-	automount, controller := false, true
 	for range 32 {
 		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				ns := fmt.Sprintf("%s-%d", prefix, i%spaces)
-				pod := &corev1.Pod{
-					// What a Deployment's pods carry: labels, an annotation, an owner reference.
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i/spaces), Namespace: ns,
-						Labels:      map[string]string{"app.kubernetes.io/name": "web", "pod-template-hash": "7d9f8c6b5"},
-						Annotations: map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-12-01T10:00:00Z"},
-						OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8c6b5",
-							UID: "0e7c7a1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", Controller: &controller}}},
-					Spec: corev1.PodSpec{ServiceAccountName: "app-0", AutomountServiceAccountToken: &automount,
-						Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1.2.3"}}},
-				}
-				if _, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if err := create(i); err != nil {
 					errs <- err
 					return
 				}
@@ -196,7 +183,7 @@ func fillPods(t *testing.T, prefix string, spaces, n int) time.Duration {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Fatalf("create pods: %v", err)
+		t.Fatalf("create %s: %v", what, err)
 	}
 	return time.Since(start)
 }
