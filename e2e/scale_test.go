@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -71,12 +72,18 @@ func scaleRun(t *testing.T, d *deployment, url string, tokens []string, logins i
 	ready := time.Since(start)
 	// Ready means synced, after which the sidecar gives the start-up list's memory back: read
 	// the resident size once it has settled.
+	// (within half a MiB of a reading at least 200 ms older).
 	var rssReady float64
+	before, beforeAt := procMemory(t, svc.p.pid(), "VmRSS"), time.Now()
 	eventually(t, 10*time.Second, "resident memory settled", func() error {
-		before := procMemory(t, svc.p.pid(), "VmRSS")
-		time.Sleep(200 * time.Millisecond)
-		if rssReady = procMemory(t, svc.p.pid(), "VmRSS"); rssReady < before-0.5 || rssReady > before+0.5 {
-			return fmt.Errorf("from %.1f to %.1f MiB", before, rssReady)
+		rssReady = procMemory(t, svc.p.pid(), "VmRSS")
+		switch {
+		case time.Since(beforeAt) < 200*time.Millisecond:
+			return errors.New("too soon to tell")
+		case rssReady < before-0.5 || rssReady > before+0.5:
+			err := fmt.Errorf("from %.1f to %.1f MiB", before, rssReady)
+			before, beforeAt = rssReady, time.Now()
+			return err
 		}
 		return nil
 	})
