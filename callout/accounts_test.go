@@ -1,12 +1,10 @@
 package callout_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 
-	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
 
 	"github.com/nats-k8s-oidc-callout/nats-k8s-oidc-callout/callout"
@@ -25,18 +23,9 @@ func TestHandlerAccounts(t *testing.T) {
 		}
 		return kube.Policy{Account: account, AccountWhy: "label", Permissions: kube.Permissions{PubAllow: []string{">"}, SubAllow: []string{">"}}}, nil
 	}})
-	data, hdr := r.request(r.claims())
-	reply, d := r.h.Handle(context.Background(), data, hdr)
-	if d.Result != callout.ResultAllowed || d.Account != "TEAM_A" {
+	uc, d := grantUser(t, r)
+	if d.Account != "TEAM_A" {
 		t.Fatalf("decision %+v", d)
-	}
-	rc, err := r.response(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uc, err := natsjwt.DecodeUserClaims(rc.Jwt)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if uc.Audience != "TEAM_A" {
 		t.Errorf("user JWT audience %q, want the chosen account TEAM_A", uc.Audience)
@@ -50,14 +39,12 @@ func TestHandlerAccounts(t *testing.T) {
 
 	// No account chosen (labels not read): NATS_ACCOUNT.
 	account = ""
-	data, hdr = r.request(r.claims())
-	if _, d := r.h.Handle(context.Background(), data, hdr); d.Account != "APP" {
+	if _, d := r.handle(); d.Account != "APP" {
 		t.Errorf("account %q, want APP", d.Account)
 	}
 
 	refuse = fmt.Errorf("%w: namespace ns: label names OTHER", kube.ErrAccountNotAllowed)
-	data, hdr = r.request(r.claims())
-	reply, d = r.h.Handle(context.Background(), data, hdr)
+	reply, d := r.handle()
 	if d.Result != callout.ResultDenied || d.Reason != callout.ReasonAccountNotAllowed {
 		t.Fatalf("decision %s/%s, want denied/account_not_allowed", d.Result, d.Reason)
 	}
@@ -67,8 +54,7 @@ func TestHandlerAccounts(t *testing.T) {
 
 	// Not seen by the namespace cache yet: dropped, so that a peer or a retry answers.
 	refuse = fmt.Errorf("%w: namespace ns not listed yet", kube.ErrNotSynced)
-	data, hdr = r.request(r.claims())
-	if reply, d := r.h.Handle(context.Background(), data, hdr); reply != nil || d.Reason != callout.ReasonNotReady {
+	if reply, d := r.handle(); reply != nil || d.Reason != callout.ReasonNotReady {
 		t.Errorf("decision %s/%s, want dropped/not_ready", d.Result, d.Reason)
 	}
 }
@@ -95,26 +81,13 @@ func TestHandlerAccountKeysOperator(t *testing.T) {
 	if !r.h.HoldsKeyFor(tenantPub) || r.h.HoldsKeyFor(testsupport.PublicKey(t, r.issuer)) {
 		t.Error("HoldsKeyFor: want the tenant held and the callout account not")
 	}
-	data, hdr := r.request(r.claims())
-	reply, d := r.h.Handle(context.Background(), data, hdr)
-	if d.Result != callout.ResultAllowed {
-		t.Fatalf("decision %s/%s: %v", d.Result, d.Reason, d.Err)
-	}
-	rc, err := r.response(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uc, err := natsjwt.DecodeUserClaims(rc.Jwt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	uc, _ := grantUser(t, r)
 	if uc.Issuer != testsupport.PublicKey(t, tenantSK) || uc.IssuerAccount != tenantPub {
 		t.Errorf("user JWT issued by %s for %s, want the tenant's signing key for the tenant", uc.Issuer, uc.IssuerAccount)
 	}
 
 	account = testsupport.PublicKey(t, fixedKey(t, nkeys.PrefixByteAccount, 22))
-	data, hdr = r.request(r.claims())
-	if _, d := r.h.Handle(context.Background(), data, hdr); d.Result != callout.ResultDenied || d.Reason != callout.ReasonAccountKeyMissing {
+	if _, d := r.handle(); d.Result != callout.ResultDenied || d.Reason != callout.ReasonAccountKeyMissing {
 		t.Errorf("account without a key: %s/%s, want denied/account_key_missing", d.Result, d.Reason)
 	}
 }

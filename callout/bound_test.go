@@ -27,7 +27,7 @@ func (f funcSources) SourceAddresses(ctx context.Context, id kube.Identity) ([]s
 var podBound = kube.Identity{Namespace: "ns", Name: "app", UID: "uid-1", Expiry: rigNow.Add(time.Hour), PodName: "web-0", PodUID: "pod-uid-1"}
 
 // grantUser answers one request of rig r and returns the user JWT it granted, decoded.
-func grantUser(t *testing.T, r *rig) *natsjwt.UserClaims {
+func grantUser(t *testing.T, r *rig) (*natsjwt.UserClaims, callout.Decision) {
 	t.Helper()
 	reply, d := r.handle()
 	if d.Result != callout.ResultAllowed {
@@ -41,7 +41,7 @@ func grantUser(t *testing.T, r *rig) *natsjwt.UserClaims {
 	if err != nil {
 		t.Fatalf("user JWT: %v", err)
 	}
-	return uc
+	return uc, d
 }
 
 // handle answers one request of r for a client with the rig's token.
@@ -68,7 +68,7 @@ func TestUserJWTIdentity(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, rigOptions{verify: func(context.Context, string) (kube.Identity, error) { return tt.id, nil }})
-			uc := grantUser(t, r)
+			uc, _ := grantUser(t, r)
 			if uc.Name != tt.wantName {
 				t.Errorf("name = %q, want %q", uc.Name, tt.wantName)
 			}
@@ -143,7 +143,7 @@ func TestSourcePinning(t *testing.T) {
 			sources: funcSources(func(context.Context, kube.Identity) ([]string, error) { return src, err }),
 		})
 	}
-	uc := grantUser(t, pinned([]string{"10.0.0.7/32", "fd00::7/128"}, nil))
+	uc, _ := grantUser(t, pinned([]string{"10.0.0.7/32", "fd00::7/128"}, nil))
 	if want := []string{"10.0.0.7/32", "fd00::7/128"}; !slices.Equal(uc.Src, want) {
 		t.Errorf("user JWT sources %v, want %v", uc.Src, want)
 	}
