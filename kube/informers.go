@@ -40,6 +40,16 @@ func (g *informerGroup) add(ns string, inf cache.SharedIndexInformer, synced cac
 	g.synced = append(g.synced, synced)
 }
 
+// informerFor is the informer that holds the objects of namespace ns (for the Namespace cache:
+// the Namespace ns itself): the cluster-wide one, else ns's own; false when ns is not watched.
+func (g *informerGroup) informerFor(ns string) (cache.SharedIndexInformer, bool) {
+	if inf, ok := g.informers[""]; ok {
+		return inf, true
+	}
+	inf, ok := g.informers[ns]
+	return inf, ok
+}
+
 // Run starts the informers, waits for their caches to sync, and blocks until ctx is done; then
 // it stops them and waits for their goroutines. It returns nil after a normal shutdown and may
 // be called once.

@@ -194,20 +194,19 @@ func trimNamespace(obj any) (any, error) {
 // arrived; either way no account can be chosen safely, and the default account would be wrong
 // for a labelled one.
 func (c *NamespaceCache) Label(name string) (string, bool, error) {
-	for _, inf := range c.informers {
+	if inf, ok := c.informerFor(name); ok {
 		obj, exists, err := inf.GetIndexer().GetByKey(name)
 		if err != nil {
 			return "", false, fmt.Errorf("look up namespace %s: %w", name, err)
 		}
-		if !exists {
-			continue
+		if exists {
+			ns, ok := obj.(*metav1.PartialObjectMetadata)
+			if !ok {
+				return "", false, fmt.Errorf("look up namespace %s: cache holds %T", name, obj)
+			}
+			v, ok := ns.Labels[LabelAccount]
+			return v, ok, nil
 		}
-		ns, ok := obj.(*metav1.PartialObjectMetadata)
-		if !ok {
-			return "", false, fmt.Errorf("look up namespace %s: cache holds %T", name, obj)
-		}
-		v, ok := ns.Labels[LabelAccount]
-		return v, ok, nil
 	}
 	if !c.HasSynced() {
 		return "", false, fmt.Errorf("%w: namespace %s not listed yet", ErrNotSynced, name)

@@ -199,11 +199,9 @@ func (c *PodCache) Check(id Identity, now time.Time) error {
 	if id.PodName == "" && id.PodUID == "" {
 		return nil
 	}
-	inf, ok := c.informers[metav1.NamespaceAll]
+	inf, ok := c.informerFor(id.Namespace)
 	if !ok {
-		if inf, ok = c.informers[id.Namespace]; !ok {
-			return fmt.Errorf("%w: %s/%s: namespace not watched", ErrPodNotFound, id.Namespace, id.PodName)
-		}
+		return fmt.Errorf("%w: %s/%s: namespace not watched", ErrPodNotFound, id.Namespace, id.PodName)
 	}
 	obj, exists, err := inf.GetIndexer().GetByKey(id.Namespace + "/" + id.PodName)
 	switch {

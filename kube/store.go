@@ -297,11 +297,9 @@ func (s *Store) defaultsOf(account string) PolicyDefaults {
 // lookup finds a ServiceAccount in the cache, and the informer that holds it. The object is
 // shared with the informer: read only.
 func (s *Store) lookup(namespace, name string) (cache.SharedIndexInformer, *cachedObject, error) {
-	inf, ok := s.informers[metav1.NamespaceAll]
+	inf, ok := s.informerFor(namespace)
 	if !ok {
-		if inf, ok = s.informers[namespace]; !ok {
-			return nil, nil, fmt.Errorf("%w: %s/%s: namespace not watched", ErrServiceAccountNotFound, namespace, name)
-		}
+		return nil, nil, fmt.Errorf("%w: %s/%s: namespace not watched", ErrServiceAccountNotFound, namespace, name)
 	}
 	if namespace == "" || name == "" {
 		return nil, nil, fmt.Errorf("%w: empty namespace or name", ErrServiceAccountNotFound)
