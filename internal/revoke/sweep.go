@@ -78,6 +78,16 @@ func (r *Revoker) sweep(nc *nats.Conn, batch map[kube.Revocation]time.Time) erro
 	if err != nil {
 		return err
 	}
+	// A change concerns connections of its own namespace only: each connection is matched
+	// against its namespace's changes, not the whole batch.
+	type change struct {
+		rv kube.Revocation
+		at time.Time
+	}
+	byNamespace := map[string][]change{}
+	for rv, at := range batch {
+		byNamespace[rv.Namespace] = append(byNamespace[rv.Namespace], change{rv, at})
+	}
 	var failed error
 	for _, srv := range servers {
 		for _, c := range srv.conns {
@@ -85,11 +95,11 @@ func (r *Revoker) sweep(nc *nats.Conn, batch map[kube.Revocation]time.Time) erro
 			if !ok {
 				continue // not a ServiceAccount's connection
 			}
-			for rv, at := range batch {
-				if !rv.Matches(id) || rv.Account != "" && c.Account == rv.Account {
+			for _, ch := range byNamespace[id.Namespace] {
+				if !ch.rv.Matches(id) || ch.rv.Account != "" && c.Account == ch.rv.Account {
 					continue
 				}
-				if err := r.kick(nc, srv, c, id, rv, at); err != nil {
+				if err := r.kick(nc, srv, c, id, ch.rv, ch.at); err != nil {
 					failed = err
 				}
 				break
