@@ -24,11 +24,19 @@ func Run(ctx context.Context, c settings.Explain, w io.Writer) error {
 	if watched := c.Policy.WatchedNamespaces(); len(watched) > 0 && !slices.Contains(watched, c.Namespace) {
 		return fmt.Errorf("namespace %s is not in WATCH_NAMESPACES (%s): its tokens are refused (serviceaccount_not_found)", c.Namespace, c.Policy.Namespaces)
 	}
-	sa, err := lookup(ctx, c)
+	// One client for the reads below, unless everything comes from --manifest.
+	var client metadata.Interface
+	if c.Manifest == "" {
+		var err error
+		if client, err = newClient(c); err != nil {
+			return err
+		}
+	}
+	sa, err := lookup(ctx, c, client)
 	if err != nil {
 		return err
 	}
-	choice, err := chooseAccount(ctx, c)
+	choice, err := chooseAccount(ctx, c, client)
 	if err != nil {
 		return fmt.Errorf("%s/%s: its tokens are refused (%s): %w", c.Namespace, c.Name, callout.Reason(err), err)
 	}
@@ -50,7 +58,7 @@ func Run(ctx context.Context, c settings.Explain, w io.Writer) error {
 
 // chooseAccount picks the account as the service does, from the namespace's nats.io/account
 // label: --account-label, else the Namespace read from the cluster.
-func chooseAccount(ctx context.Context, c settings.Explain) (kube.AccountChoice, error) {
+func chooseAccount(ctx context.Context, c settings.Explain, client metadata.Interface) (kube.AccountChoice, error) {
 	def := c.Account
 	if def == "" {
 		def = "NATS_ACCOUNT"
@@ -64,10 +72,6 @@ func chooseAccount(ctx context.Context, c settings.Explain) (kube.AccountChoice,
 	case c.Manifest != "":
 		return kube.AccountChoice{Account: def, Why: "unless namespace " + c.Namespace + " carries a " + kube.LabelAccount + " label: --manifest holds no Namespaces (try --account-label)"}, nil
 	default:
-		client, err := newClient(c)
-		if err != nil {
-			return kube.AccountChoice{}, err
-		}
 		ns, err := client.Resource(kube.NamespacesResource).Get(ctx, c.Namespace, metav1.GetOptions{})
 		if err != nil {
 			return kube.AccountChoice{}, fmt.Errorf("namespace %s: %w", c.Namespace, err)
@@ -128,7 +132,7 @@ func WriteRBAC(w io.Writer, c settings.Explain) {
 }
 
 // lookup reads the ServiceAccount from the manifest or the cluster.
-func lookup(ctx context.Context, c settings.Explain) (*kube.ServiceAccount, error) {
+func lookup(ctx context.Context, c settings.Explain, client metadata.Interface) (*kube.ServiceAccount, error) {
 	if c.Manifest != "" {
 		data, err := os.ReadFile(c.Manifest)
 		if err != nil {
@@ -144,10 +148,6 @@ func lookup(ctx context.Context, c settings.Explain) (*kube.ServiceAccount, erro
 			}
 		}
 		return nil, fmt.Errorf("%s/%s is not in %s: a token of it would be refused (serviceaccount_not_found)", c.Namespace, c.Name, c.Manifest)
-	}
-	client, err := newClient(c)
-	if err != nil {
-		return nil, err
 	}
 	sa, err := client.Resource(kube.ServiceAccountsResource).Namespace(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
 	if err != nil {
